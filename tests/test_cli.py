@@ -1,0 +1,96 @@
+"""The `course` command: help, start, doctor, and one clear line (never a traceback) for bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from course import cli
+from course.build import build
+
+
+def run(*args, cwd=None, env=None):
+    "Run the real console command, as a learner would."
+    return subprocess.run([sys.executable, "-c", "from course.cli import cli; cli()", *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def one_clear_line(proc):
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("sub", ["build", "start", "doctor", "check", "progress", "test"])
+def test_every_subcommand_has_help(sub):
+    with pytest.raises(SystemExit) as e:
+        cli.make_parser().parse_args([sub, "--help"])
+    assert e.value.code == 0
+
+
+def test_start_copies_and_never_overwrites(mini_repo, tmp_path, capsys):
+    build(mini_repo, log=lambda *a: None)
+    ws = tmp_path / "ws"
+    dest = cli.start_chapter("1", ws, root=mini_repo)
+    assert dest == ws / "01_demo.ipynb" and dest.read_bytes() == (mini_repo / "stripped" / "01_demo.ipynb").read_bytes()
+    dest.write_text(dest.read_text().replace('check(\\"01.02\\", \\"\\")', 'check(\\"01.02\\", \\"def\\")'))
+    mine = dest.read_bytes()
+    with pytest.raises(cli.CourseError, match="already exists"):
+        cli.start_chapter("01", ws, root=mini_repo)
+    assert dest.read_bytes() == mine
+    cli.start_chapter("01_demo", ws, force=True, root=mini_repo)
+    backups = list(ws.glob("01_demo.*.bak.ipynb"))
+    assert len(backups) == 1 and backups[0].read_bytes() == mine, "the learner's work is kept on --force"
+
+
+def test_start_bad_input_is_one_line(mini_repo, tmp_path):
+    build(mini_repo, log=lambda *a: None)
+    env = dict(os.environ, COURSE_HOME=str(tmp_path / "home"))
+    line = one_clear_line(run("start", "42", cwd=mini_repo, env=env))
+    assert "no chapter '42'" in line and "01" in line
+    proc = run("start", "1", "--workspace", str(tmp_path / "missing" / "deeper"), cwd=mini_repo, env=env)
+    assert proc.returncode == 2 and "does not exist" in one_clear_line(proc)
+    (tmp_path / "afile").write_text("x")
+    proc = run("start", "1", "--workspace", str(tmp_path / "afile"), cwd=mini_repo, env=env)
+    assert proc.returncode == 2 and "is a file" in one_clear_line(proc)
+    unwritable = "/proc/course-workspace" if os.geteuid() == 0 else "/"
+    proc = run("start", "1", "--workspace", unwritable, cwd=mini_repo, env=env)
+    assert proc.returncode == 2 and one_clear_line(proc)
+
+
+def test_start_before_build_says_what_to_do(mini_repo):
+    with pytest.raises(cli.CourseError, match="course build 1"):
+        cli.start_chapter("1", mini_repo / "ws", root=mini_repo)
+
+
+def test_outside_the_repository(tmp_path):
+    proc = run("build", "--check", cwd=tmp_path, env=dict(os.environ, COURSE_HOME=str(tmp_path)))
+    # an editable install still finds its repository; anywhere else the message says to cd into a clone
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_notebook_is_named(mini_repo):
+    (mini_repo / "nbs" / "02_broken.ipynb").write_text("{not json")
+    proc = run("build", "--check", cwd=mini_repo)
+    assert proc.returncode == 2
+    line = one_clear_line(proc)
+    assert "02_broken.ipynb" in line and "not a valid notebook" in line
+
+
+def test_doctor_table_and_broken_install(monkeypatch, capsys):
+    def broken():
+        raise ImportError("libcudart.so: cannot open shared object file")
+    monkeypatch.setattr(cli, "DOCTOR_CHECKS", [("torchvision", broken), *cli.DOCTOR_CHECKS[:1]])
+    code = cli.main(["doctor"])
+    out = capsys.readouterr().out
+    assert code == 1 and "torchvision" in out and "fail" in out and "pip install --force-reinstall" in out
+    assert "Traceback" not in out
+
+
+def test_doctor_runs_for_real():
+    proc = run("doctor")
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr
+    for what in ("Python", "torch", "torchvision", "GPU", "ipywidgets", "disk", "data folder", "internet"):
+        assert what in proc.stdout
