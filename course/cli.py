@@ -76,16 +76,16 @@ def _check_data_dir():
 
 def _check_network():
     if is_offline(): return ("ok", "offline mode (COURSE_OFFLINE=1): offline twins are used", "")
-    host = "s3.amazonaws.com"
-    mirror = os.environ.get("COURSE_DATA_MIRROR")
-    if mirror:
-        from urllib.parse import urlparse
-        host = urlparse(mirror if "://" in mirror else "http://" + mirror).hostname or host
+    from urllib.parse import urlparse
+    from course.datasets import data_mirror
+    mirror = data_mirror()
+    url = urlparse(mirror if mirror and "://" in mirror else f"http://{mirror}" if mirror else "https://s3.amazonaws.com")
+    host, port = url.hostname or "s3.amazonaws.com", url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((host, 443 if not mirror else 80), timeout=3).close()
-        return ("ok", f"{host} reachable", "")
+        socket.create_connection((host, port), timeout=3).close()
+        return ("ok", f"{host}:{port} reachable", "")
     except OSError as e:
-        return ("warn", f"{host} unreachable ({e.__class__.__name__})",
+        return ("warn", f"{host}:{port} unreachable ({e.__class__.__name__})",
                 "datasets cannot be downloaded: check the connection, or set COURSE_OFFLINE=1 to use offline twins")
 
 
@@ -146,6 +146,8 @@ def run_tests(root: Path | None = None, workers: int = 2, pytest_args: list[str]
     "Run tests/ with pytest and every notebook with nbdev's runner, offline, with `workers` workers; 0 when all pass."
     root = find_root(root)
     env = dict(os.environ, COURSE_OFFLINE="1")
+    # one math thread per worker: more would make the workers fight over the cores and run slower
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, workers))))
     env.setdefault("COURSE_HOME", str(root / ".course-test"))
     Path(env["COURSE_HOME"]).mkdir(parents=True, exist_ok=True)
     start = time.time()
