@@ -94,3 +94,20 @@ def test_doctor_runs_for_real():
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr
     for what in ("Python", "torch", "torchvision", "GPU", "ipywidgets", "disk", "data folder", "internet"):
         assert what in proc.stdout
+
+
+def test_check_and_progress_from_the_shell(mini_repo, tmp_path):
+    build(mini_repo, log=lambda *a: None)
+    env = dict(os.environ, COURSE_HOME=str(tmp_path / "home"), COURSE_WORKSPACE=str(tmp_path / "ws"))
+    assert run("start", "1", cwd=mini_repo, env=env).returncode == 0
+    copy = tmp_path / "ws" / "01_demo.ipynb"
+    copy.write_text(copy.read_text().replace('check(\\"01.01\\", None)', 'check(\\"01.01\\", 5)'))
+    before = copy.read_bytes()
+    proc = run("check", "1", cwd=mini_repo, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "01.01" in proc.stdout and "01.02" in proc.stdout and "Traceback" not in proc.stderr
+    assert copy.read_bytes() == before, "checking never modifies the learner's notebook"
+    proc = run("progress", cwd=mini_repo, env=env)
+    assert proc.returncode == 0 and "01" in proc.stdout
+    line = one_clear_line(run("check", str(tmp_path / "nope.ipynb"), cwd=mini_repo, env=env))
+    assert "nope.ipynb" in line
