@@ -180,6 +180,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("chapter", metavar="N", help="chapter number (4, 04) or appendix letter (a)")
     s.add_argument("--workspace", type=Path, help="folder for your copies (default: COURSE_WORKSPACE, config, or workspace/)")
     s.add_argument("--force", action="store_true", help="start over even if you have a copy (the old copy is kept as a backup)")
+    q = sub.add_parser("quickstart", help="train the course's first model: cats vs dogs",
+                       description="Fine-tune a pretrained ResNet-34 to tell cats from dogs on Oxford-IIIT Pets (downloaded once), "
+                                   "print the training table, the error rate and one prediction. Offline (COURSE_OFFLINE=1) it uses the twin.")
+    q.add_argument("--arch", default="resnet34", help="torchvision model name or xresnet (default resnet34)")
+    q.add_argument("--epochs", type=int, default=1, help="epochs of fine-tuning (default 1)")
     sub.add_parser("doctor", help="check this machine for the course", description="Check Python, PyTorch, the GPU, widgets, disk, the data folder and the network.")
     c = sub.add_parser("check", help="grade the questionnaire of a notebook you filled in",
                        description="Grade every question in NOTEBOOK (your copy of a chapter), print a table and record your progress. The notebook is never modified.")
@@ -208,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
             rows = doctor_rows()
             print(format_table(rows, ("check", "status", "found", "what to do")))
             return 1 if any(r[1] == "fail" for r in rows) else 0
+        if args.command == "quickstart":
+            from course.datasets import DownloadError
+            from course.vision_learner import quickstart
+            from course.weights import WeightsError
+            try: quickstart(arch=args.arch, epochs=args.epochs)
+            except (DownloadError, WeightsError) as e: raise CourseError(str(e)) from None
+            return 0
         if args.command == "build":
             stale = build(chapters=args.chapters or None, execute=args.execute, check=args.check, timeout=args.timeout)
             if args.check:
@@ -229,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "test":
             extra = [a for a in args.pytest_args if a != "--"]
             return run_tests(workers=args.workers, pytest_args=extra)
-    except (BuildError, CourseError, ValueError) as e:
+    except (BuildError, CourseError, ValueError, OSError) as e:
         print(f"course {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
