@@ -16,13 +16,14 @@ from . import resnet as _resnet
 from .config import is_offline, quick_limit
 from .data import Categorize, Datasets, IntToFloat, Resize, TensorImage, ToTensor, Transform, open_image
 from .learner import Learner, build_model, error_rate, set_seed
+from .vision import Normalize
 from .weights import pretrained_model
 
 # %% auto #0
 __all__ = ['default_cut', 'create_body', 'arch_model', 'num_features', 'ConcatPool2d', 'create_head', 'vision_model',
-           'body_head_splitter', 'vision_learner', 'ImageNetNorm', 'cat_or_dog', 'pets_cats_dogs', 'quickstart',
-           'conv_bn_relu', 'UpBlock', 'feature_taps', 'UNet', 'unet_model', 'unet_splitter', 'unet_learner',
-           'SiameseModel', 'siamese_model', 'siamese_splitter']
+           'body_head_splitter', 'vision_learner', 'cat_or_dog', 'pets_cats_dogs', 'quickstart', 'conv_bn_relu',
+           'UpBlock', 'feature_taps', 'UNet', 'unet_model', 'unet_splitter', 'unet_learner', 'SiameseModel',
+           'siamese_model', 'siamese_splitter']
 
 # %% ../nbs/15_architectures.ipynb #c0008
 def _is_pool(m): return isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
@@ -112,20 +113,6 @@ def vision_learner(dls, arch="resnet34", n_out=None, pretrained=True, cut=None, 
     return learn
 
 # %% ../nbs/15_architectures.ipynb #c0027
-class ImageNetNorm(Transform):
-    "Normalise float images with ImageNet's channel means and standard deviations, as pretrained torchvision models expect (chapter 15)."
-    order = 40  # after IntToFloat
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-
-    def encodes(self, x: TensorImage):
-        m, s = self.mean.to(x.device).view(-1, 1, 1), self.std.to(x.device).view(-1, 1, 1)
-        return TensorImage((x - m) / s)
-
-    def decodes(self, x: TensorImage):
-        m, s = self.mean.to(x.device).view(-1, 1, 1), self.std.to(x.device).view(-1, 1, 1)
-        return TensorImage(x * s + m)
-
-
 def cat_or_dog(f):
     "'cat' or 'dog' from a Pets file name: cat breeds are capitalised (chapter 15)."
     return "cat" if Path(f).name[0].isupper() else "dog"
@@ -140,7 +127,7 @@ def pets_cats_dogs(path, size=224, bs=64, valid_pct=0.2, seed=42, num_workers=0)
     n_valid = int(len(files) * valid_pct)
     splits = (sorted(idx[n_valid:]), sorted(idx[:n_valid]))
     dsets = Datasets(files, [[open_image, Resize(size), ToTensor()], [cat_or_dog, Categorize()]], splits=splits)
-    return dsets.dataloaders(bs=bs, num_workers=num_workers, after_batch=[IntToFloat(), ImageNetNorm()])
+    return dsets.dataloaders(bs=bs, num_workers=num_workers, after_batch=[IntToFloat(), Normalize()])
 
 # %% ../nbs/15_architectures.ipynb #c0037
 def quickstart(arch="resnet34", epochs=1, size=None, bs=None, seed=42):
