@@ -3,8 +3,9 @@
 Both read the same folder of JPEGs and do equivalent work: decode, resize, a random resized crop, a flip,
 a small rotation and zoom, a perspective warp, a lighting change, conversion to a normalised float tensor,
 batching. The course does it the chapter 5 way (presizing: one resize per item, then all the augmentations
-on the batch in one interpolation); torchvision does it item by item in the loader's workers. Same batch
-size, same number of workers, same images, one run; the ratio is course / torchvision.
+on the batch in one interpolation, on the GPU when the device is one, else in the loader's workers);
+torchvision does it item by item in the loader's workers. Same batch size, same number of workers, same
+images, one run; the ratio is course / torchvision.
 
     python bench/image_pipeline.py                  # 400 photo-sized JPEGs, bs 64, 2 workers
     python bench/image_pipeline.py --images 2000 --workers 8 --device cuda

@@ -344,9 +344,14 @@ def to_device(b, device):
 
 
 class _ItemsThenCollate:
-    "A `collate_fn`: the per-item pipeline on each sample, then `collate` (a class, so worker processes can receive it)."
-    def __init__(self, after_item, split_idx): self.after_item, self.split_idx = after_item, split_idx
-    def __call__(self, samples): return collate([self.after_item(s, self.split_idx) for s in samples])
+    "A `collate_fn`: the per-item pipeline on each sample, `collate`, then the batch pipeline if it is given one (a class, so worker processes can receive it)."
+    def __init__(self, after_item, split_idx, after_batch=None):
+        self.after_item, self.split_idx, self.after_batch = after_item, split_idx, after_batch
+
+    def __call__(self, samples):
+        b = collate([self.after_item(s, self.split_idx) for s in samples])
+        if self.after_batch is None: return b
+        return self.after_batch(b if type(b) is tuple else (b,), self.split_idx)
 
 # %% ../nbs/11_midlevel_data.ipynb #c0068
 class TfmdDL:
@@ -371,6 +376,13 @@ class TfmdDL:
 
     def __iter__(self):
         device, tfms, split_idx = self.device, (self.after_batch if len(self.after_batch) else None), self.split_idx
+        collate_fn = getattr(self.loader, "collate_fn", None)
+        if isinstance(collate_fn, _ItemsThenCollate) and not getattr(self.loader, "persistent_workers", False):
+            # A batch that stays on the CPU gets its batch transforms inside the collate function: in the
+            # worker processes, in parallel, not in the main process between two training steps.
+            on_cpu = tfms is not None and (device is None or device.type == "cpu")
+            collate_fn.after_batch = tfms if on_cpu else None  # set before iter(loader) starts the workers
+            if on_cpu: tfms = None
         for b in self.loader:
             if type(b) is not tuple: b = tuple(b) if isinstance(b, list) else (b,)
             if device is not None: b = to_device(b, device)

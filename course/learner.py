@@ -466,8 +466,10 @@ class Learner:
             self._with_events(name, cancel, self._all_batches)
 
     def _all_batches(self):
-        # Batches from course.data's DataLoaders are on the device already; others are moved here.
-        move = getattr(self.dl, "device", None) != self.device and self.device.type != "cpu"
+        # Batches from course.data's DataLoaders come on their own device (None: where the loader leaves
+        # them, the CPU), as do plain PyTorch loaders; move them here when that is not the Learner's device.
+        dl_device = getattr(self.dl, "device", None)
+        move = dl_device != self.device if dl_device is not None else self.device.type != "cpu"
         n_inp = getattr(getattr(self.dl, "dataset", None), "n_inp", None)
         for self.iter, batch in enumerate(self.dl):
             if move: batch = _move(batch, self.device)
@@ -546,14 +548,15 @@ class Learner:
 
     # ---- predictions ----
     def get_preds(self, dl=None, act=True):
-        "Predictions and targets over `dl` (default: the validation set); `act` applies the loss's activation."
+        "Predictions and targets over `dl` (default: the validation set), on the CPU; `act` applies the loss's activation."
         gather = _GatherPreds()
         self.add_cbs([gather])
         try: self._run_phase(self.dls.valid if dl is None else dl, training=False)
         finally: self.remove_cbs([gather])
-        preds = torch.cat(gather.preds).as_subclass(torch.Tensor)
+        # Gathered on the device, copied to the CPU once: ready for numpy, plots and scikit-learn.
+        preds = torch.cat(gather.preds).as_subclass(torch.Tensor).cpu()
         if act: preds = apply_activation(self.activation, preds.float())
-        targs = torch.cat(gather.targs).as_subclass(torch.Tensor) if gather.targs else None
+        targs = torch.cat(gather.targs).as_subclass(torch.Tensor).cpu() if gather.targs else None
         return preds, targs
 
     def validate(self, dl=None):

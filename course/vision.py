@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
 from .data import Categorize, DataLoaders, Datasets, IntToFloat, Pipeline, TensorImage, ToTensor, Transform
 from .data import collate, show_sample
@@ -245,38 +246,49 @@ class DataBlock:
         print("Every step worked.")
 
 # %% ../nbs/05_image_classification.ipynb #c0026
+def _resample(x, size):
+    "Bilinear resize of one image (C, H, W) to `size` (height, width), antialiased when shrinking as PIL does; bytes stay bytes."
+    if tuple(x.shape[-2:]) == tuple(size): return x
+    return F.interpolate(x[None], size=tuple(size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
 class ResizeTo(Transform):
-    "Resize a PIL image to `size` by cropping (random on training items, centred otherwise), padding or squishing (chapter 5)."
-    order = 10
-    def __init__(self, size, method="crop", pad_mode="zeros"):
+    "Resize an image (a TensorImage of bytes, or a PIL image) to `size` by cropping (random on training items, centred otherwise), padding or squishing (chapter 5)."
+    order = 25  # after ToTensor (20): resizing a tensor of bytes is several times faster than resizing a PIL image
+    def __init__(self, size, method="crop"):
         super().__init__()
         if method not in ("crop", "pad", "squish"): raise ValueError("method is 'crop', 'pad' or 'squish'.")
         self.size = (size, size) if isinstance(size, int) else tuple(size)  # (height, width)
-        self.method, self.pad_mode = method, pad_mode
+        self.method = method
 
     def __call__(self, x, split_idx=None):
         # Needs to know the split (random crops only on training items), so it handles tuples itself.
         if type(x) is tuple: return tuple(self(o, split_idx) for o in x)
-        return self.resize(x, random=split_idx == 0) if isinstance(x, Image.Image) else x
+        if isinstance(x, Image.Image) or (isinstance(x, TensorImage) and x.ndim == 3):
+            return self.resize(x, random=split_idx == 0)
+        return x
 
     def resize(self, img, random=False):
-        h, w = self.size
-        if self.method == "squish": return img.resize((w, h), Image.BILINEAR)
-        W, H = img.size
+        "Resize one image: a PIL image comes back as a PIL image, a (C, H, W) tensor as a TensorImage."
+        if isinstance(img, Image.Image): return to_pil_image(self.resize(pil_to_tensor(img), random))
+        x, (h, w) = img.as_subclass(torch.Tensor), self.size
+        H, W = x.shape[-2:]
+        if self.method == "squish": return TensorImage(_resample(x, (h, w)))
         if self.method == "crop":
-            s = max(w / W, h / H)                     # scale so that the image covers the target...
-            W2, H2 = max(w, round(W * s)), max(h, round(H * s))
-            img = img.resize((W2, H2), Image.BILINEAR)
+            s = max(w / W, h / H)                       # the scale at which the image just covers the target...
+            cw, ch = min(W, round(w / s)), min(H, round(h / s))  # ...so this window of the original fills it
             fx, fy = (float(torch.rand(())), float(torch.rand(()))) if random else (0.5, 0.5)
-            left, top = round((W2 - w) * fx), round((H2 - h) * fy)  # ...then cut the target out of it
-            return img.crop((left, top, left + w, top + h))
-        s = min(w / W, h / H)                         # pad: scale so that the image fits inside...
+            left, top = round((W - cw) * fx), round((H - ch) * fy)
+            return TensorImage(_resample(x[:, top:top + ch, left:left + cw], (h, w)))  # only the window is resampled
+        s = min(w / W, h / H)                           # pad: the scale at which the image just fits inside...
         W2, H2 = min(w, round(W * s)), min(h, round(H * s))
-        out = Image.new("RGB", (w, h), (0, 0, 0))     # ...and fill the rest with black
-        out.paste(img.resize((W2, H2), Image.BILINEAR), ((w - W2) // 2, (h - H2) // 2))
-        return out
+        out = x.new_zeros(x.shape[0], h, w)             # ...and black around it
+        top, left = (h - H2) // 2, (w - W2) // 2
+        out[:, top:top + H2, left:left + W2] = _resample(x, (H2, W2))
+        return TensorImage(out)
 
     def __repr__(self): return f"ResizeTo({self.size}, method={self.method!r})"
+
 
 # %% ../nbs/05_image_classification.ipynb #c0031
 def _rotation(theta):
@@ -294,7 +306,7 @@ class BatchAugment(Transform):
         self.size = (size, size) if isinstance(size, int) else size  # None: keep the batch's size
         self.min_scale, self.flip, self.max_rotate, self.max_zoom, self.max_warp = min_scale, flip, max_rotate, max_zoom, max_warp
         self.max_lighting, self.p_affine, self.p_lighting, self.pad_mode = max_lighting, p_affine, p_lighting, pad_mode
-        self.g = torch.Generator()
+        self.seed, self.g, self._worker_seed = seed, torch.Generator(), None
         if seed is not None: self.g.manual_seed(seed)
         else: self.g.seed()
         self.n_interpolations = 0  # counts resampling calls, so a test can check there is one per batch
@@ -306,6 +318,15 @@ class BatchAugment(Transform):
         return self.augment(b) if split_idx == 0 else self.resize(b)
 
     def _out_size(self, x): return tuple(self.size) if self.size is not None else tuple(x.shape[-2:])
+
+    def _reseed_in_worker(self):
+        "In a loader's worker process: give this worker's copy of the transform its own random stream."
+        info = torch.utils.data.get_worker_info()  # None in the main process
+        if info is not None and info.seed != self._worker_seed:
+            # Each worker starts with a copy of the same generator; without this they would all draw the same
+            # augmentations. `info.seed` differs per worker and per epoch, and comes from the main process's seed.
+            self._worker_seed = info.seed
+            self.g.manual_seed((info.seed + (self.seed or 0) * 1_000_003) % 2**63)
 
     def resize(self, x):
         "Validation: resize to `size` with antialiasing (one interpolation), or return `x` unchanged if it has that size."
@@ -337,14 +358,15 @@ class BatchAugment(Transform):
 
     def augment(self, x):
         "Training: sample every image of `x` through its own random map (one `grid_sample`), then random lighting."
+        self._reseed_in_worker()
         B, C = x.shape[:2]
         H, W = self._out_size(x)
         x = x.as_subclass(torch.Tensor)
-        eye = torch.eye(2, 3, device=x.device).expand(B, 2, 3)
-        base = F.affine_grid(eye, (B, C, H, W), align_corners=False)          # (B, H, W, 2) output coords in -1..1
-        base = torch.cat([base, torch.ones_like(base[..., :1])], -1)          # (B, H, W, 3) homogeneous
-        src = base.view(B, -1, 3) @ self.matrices(B, x.device).transpose(1, 2)  # (B, H*W, 3) input coords
-        grid = (src[..., :2] / src[..., 2:]).view(B, H, W, 2)                 # divide: the perspective warp
+        ys, xs = [(torch.arange(n, device=x.device) * 2 + 1) / n - 1 for n in (H, W)]  # pixel centres in -1..1
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        base = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(-1, 3)    # (H*W, 3) homogeneous, for every image
+        src = torch.einsum("pk,bjk->bpj", base, self.matrices(B, x.device))  # (B, H*W, 3) input coords, per image
+        grid = (src[..., :2] / src[..., 2:]).reshape(B, H, W, 2)              # divide: the perspective warp
         self.n_interpolations += 1
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.pad_mode, align_corners=False)
         if self.max_lighting > 0:
