@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from course.vision import (DataBlock, FuncSplitter, ImageBlock, CategoryBlock, Normalize, ResizeTo, aug_transforms,
-                           get_image_files, parent_label)
+from course.data.block import DataBlock, FuncSplitter, CategoryBlock, parent_label
+from course.vision.data import ImageBlock
+from course.vision.augment import Normalize, aug_transforms
+from course.vision.core import ResizeTo, get_image_files
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0):

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course.learner import Learner, accuracy, fast_adamw
+from course.learner import Learner
+from course.metrics import accuracy
+from course.optim import fast_adamw
 
 
 def mlp():

@@ -1,6 +1,6 @@
-"""Does course.resnet's xresnet cost anything beyond its architecture?
+"""Does course.vision.models.xresnet's xresnet cost anything beyond its architecture?
 
-Times a full training step (forward, backward, optimizer step) of xresnet18/34/50 (course.resnet, chapter 14)
+Times a full training step (forward, backward, optimizer step) of xresnet18/34/50 (course.vision.models.xresnet, chapter 14)
 and of torchvision's resnet18/34/50, at the same input size and batch size, in one run. The xresnets do more
 arithmetic than their torchvision peers (a stem of three 3x3 convolutions instead of one 7x7, an average pool
 in each downsampling shortcut), so raw images/second is not a fair comparison. The script also counts each
@@ -12,7 +12,7 @@ and, for each pair, `xresnet efficiency / torchvision efficiency`: throughput pe
 to its peer. 1.0 means the xresnet turns FLOPs into images as efficiently as torchvision's ResNet; the goal is
 at least 0.95. The raw speed ratio (images/second) is printed too. With --controls it also times each xresnet
 with its tricks off (`deep_stem=False, pool_shortcut=False`, named e.g. `xresnet50-plain`): torchvision's exact
-architecture built by course.resnet, so its ratio measures the implementation alone.
+architecture built by course.vision.models.xresnet, so its ratio measures the implementation alone.
 
     python bench/models.py                           # CPU-friendly: 128 px, batch 4, 10 rounds of 1 step
     python bench/models.py --controls                # also the tricks-off controls
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from course.resnet import xresnet18, xresnet34, xresnet50
+from course.vision.models.xresnet import xresnet18, xresnet34, xresnet50
 
 PAIRS = [("xresnet18", xresnet18, "resnet18", torchvision.models.resnet18),
          ("xresnet34", xresnet34, "resnet34", torchvision.models.resnet34),
@@ -43,7 +43,7 @@ PAIRS = [("xresnet18", xresnet18, "resnet18", torchvision.models.resnet18),
 
 
 def tricks_off(make):
-    "The xresnet with the 7x7 stem and strided 1x1 shortcuts: torchvision's architecture, built by course.resnet."
+    "The xresnet with the 7x7 stem and strided 1x1 shortcuts: torchvision's architecture, built by course.vision.models.xresnet."
     return lambda: make(deep_stem=False, pool_shortcut=False)
 
 

@@ -3,7 +3,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from course.build import NOTE_ID, build, make_full, make_stripped, read_notebook
+from course.tools.build import NOTE_ID, build, make_full, make_stripped, read_notebook
 
 
 def _digest(root: Path) -> dict:
@@ -97,7 +97,7 @@ def test_removed_chapter_is_removed_from_outputs(mini_repo):
 
 def test_execute_runs_a_copy_and_reports_the_failing_cell(mini_repo, monkeypatch):
     import pytest
-    from course.build import BuildError, execute_notebook
+    from course.tools.build import BuildError, execute_notebook
     monkeypatch.setenv("COURSE_OFFLINE", "1")
     src = mini_repo / "nbs" / "app_a_extra.ipynb"
     before = src.read_bytes()

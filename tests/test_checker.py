@@ -1,4 +1,4 @@
-"""Tests of the questionnaire checker (course.quiz, course.progress): every kind of question right, wrong,
+"""Tests of the questionnaire checker (course.quiz, course.tools.progress): every kind of question right, wrong,
 partly right, empty and hostile; notebooks mangled the ways learners mangle them; `course check` and
 `course progress`; and every chapter's questionnaire graded with its own model answers."""
 import copy
@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import course.quiz as quiz
-from course.progress import load_progress, run_progress
-from course.quiz import (NotebookError, check, check_model_answers, check_notebook, compile_keys, decode_keys, grade,
-                         lint_questionnaire, load_keys, model_answer, notebook_questions, parse_key_cell, run_check,
-                         validate_key, write_keys)
+from course.tools.progress import load_progress, run_progress
+from course.quiz.keys import (NotebookError, compile_keys, decode_keys, load_keys, notebook_questions, parse_key_cell, validate_key, write_keys)
+from course.quiz import check
+from course.quiz.checker import check_model_answers, check_notebook, lint_questionnaire, run_check
+from course.quiz.grading import grade, model_answer
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "quiz" / "98_fixture_quiz.ipynb"

@@ -7,12 +7,12 @@ import sys
 import pytest
 
 from course import cli
-from course.build import build
+from course.tools.build import build
 
 
 def run(*args, cwd=None, env=None):
     "Run the real console command, as a learner would."
-    return subprocess.run([sys.executable, "-c", "from course.cli import cli; cli()", *args],
+    return subprocess.run([sys.executable, "-c", "from course.tools.cli import cli; cli()", *args],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
@@ -118,7 +118,7 @@ def test_quickstart_trains_the_first_model_offline(tmp_path):
     import time
     env = dict(os.environ, COURSE_HOME=str(tmp_path / "home"), COURSE_OFFLINE="1")
     start = time.time()
-    proc = subprocess.run([sys.executable, "-c", "from course.cli import cli; cli()", "quickstart"],
+    proc = subprocess.run([sys.executable, "-c", "from course.tools.cli import cli; cli()", "quickstart"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert time.time() - start < 180

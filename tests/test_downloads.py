@@ -1,4 +1,4 @@
-"""The real download code of course.datasets, run against a loopback HTTP server that serves offline-twin archives.
+"""The real download code of course.data.external, run against a loopback HTTP server that serves offline-twin archives.
 
 Every test points COURSE_DATA at a temporary folder and COURSE_DATA_MIRROR at the server, so the registry's
 real URLs are rewritten to 127.0.0.1. Nothing here touches ~/.course or the internet.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from course import datasets
-from course.datasets import (URLs, untar_data, DownloadError, ChecksumError, UnsafeArchiveError, KaggleCredentialsError)
+from course.data.external import (URLs, untar_data, DownloadError, ChecksumError, UnsafeArchiveError, KaggleCredentialsError)
 
 MNIST_PATH = "/fast-ai-sample/mnist_sample.tgz"
 
@@ -115,7 +115,7 @@ def mnist_tgz() -> bytes:
     "The MNIST-sample twin as a .tgz with its top folder, like the real archive (built once per test session)."
     if "mnist" not in _TGZ:
         import tempfile
-        from course.twins import make_mnist_sample
+        from course.data.twins.vision import make_mnist_sample
         with tempfile.TemporaryDirectory() as d:
             root = make_mnist_sample(Path(d))
             buf = io.BytesIO()
@@ -318,7 +318,7 @@ def test_full_disk_is_explained(env, server, monkeypatch):
 
 
 def _bulldozers_zip(tmp: Path) -> bytes:
-    from course.twins import make_bulldozers
+    from course.data.twins.tabular import make_bulldozers
     root = make_bulldozers(tmp, n=200, n_test=20)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:  # Kaggle's zip holds the files without a top folder

@@ -12,9 +12,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def pets_dls(course_home, monkeypatch):
     "Pets-twin DataLoaders delivering to the GPU: presized on the item, augmented on the batch, two workers."
     monkeypatch.setenv("COURSE_OFFLINE", "1")
-    from course.datasets import URLs, untar_data
-    from course.vision import (CategoryBlock, DataBlock, ImageBlock, Normalize, RandomSplitter, RegexLabeller,
-                               ResizeTo, aug_transforms, get_image_files)
+    from course.data.external import URLs, untar_data
+    from course.data.block import CategoryBlock, DataBlock, RandomSplitter, RegexLabeller
+    from course.vision.data import ImageBlock
+    from course.vision.augment import Normalize, aug_transforms
+    from course.vision.core import ResizeTo, get_image_files
     block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, splitter=RandomSplitter(seed=42),
                       get_y=RegexLabeller(r"^(.+)_\d+\.jpg$"), item_tfms=ResizeTo(96),
                       batch_tfms=aug_transforms(size=64, seed=0) + [Normalize()])
@@ -22,8 +24,8 @@ def pets_dls(course_home, monkeypatch):
 
 
 def test_batch_augment_gives_the_same_images_on_the_gpu():
-    from course.data import TensorImage
-    from course.vision import BatchAugment
+    from course.data.core import TensorImage
+    from course.vision.augment import BatchAugment
     x = TensorImage(torch.rand(8, 3, 48, 48, generator=torch.Generator().manual_seed(0)))
     cpu = BatchAugment(size=32, seed=1)(x, split_idx=0)
     gpu = BatchAugment(size=32, seed=1)(TensorImage(x.cuda()), split_idx=0)
@@ -32,7 +34,7 @@ def test_batch_augment_gives_the_same_images_on_the_gpu():
 
 
 def test_loaders_deliver_augmented_batches_to_the_gpu(pets_dls):
-    from course.data import TensorCategory, TensorImage
+    from course.data.core import TensorCategory, TensorImage
     xb, yb = pets_dls.one_batch()
     assert xb.is_cuda and yb.is_cuda and type(xb) is TensorImage and type(yb) is TensorCategory
     assert xb.shape == (32, 3, 64, 64) and xb.dtype == torch.float32
@@ -45,8 +47,8 @@ def test_loaders_deliver_augmented_batches_to_the_gpu(pets_dls):
 
 
 def test_vision_learner_trains_in_float16_channels_last(pets_dls):
-    from course.learner import set_seed
-    from course.vision_learner import vision_learner
+    from course.utils import set_seed
+    from course.vision.learner import vision_learner
     set_seed(0)
     learn = vision_learner(pets_dls, "resnet18", pretrained=False, progress=False, mixed_precision=True,
                            channels_last=True)
@@ -63,7 +65,7 @@ def test_vision_learner_trains_in_float16_channels_last(pets_dls):
 
 
 def test_fused_adamw_on_the_gpu_matches_the_reference_kernel():
-    from course.learner import fast_adamw
+    from course.optim import fast_adamw
     g = torch.Generator().manual_seed(0)
     w0, grads = torch.randn(50, 20, generator=g), [torch.randn(50, 20, generator=g) for _ in range(20)]
     a, b = w0.clone().cuda().requires_grad_(), w0.clone().cuda().requires_grad_()

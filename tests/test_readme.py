@@ -2,8 +2,8 @@
 import re
 from pathlib import Path
 
-from course.build import chapter_notebooks
-from course.cli import make_parser
+from course.tools.build import chapter_notebooks
+from course.tools.cli import make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from course import twins
-from course.datasets import URLs, untar_data
+from course.data.external import URLs, untar_data
 
 
 @pytest.fixture(scope="module", autouse=True)
