@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch import nn
 import torch
 
 from .learner import Learner
+from .utils import atomic_write
 
 # %% auto #0
 __all__ = ['TRUSTED_FACTORIES', 'qualified_name', 'import_name', 'build_model', 'describe_model', 'rebuild_model', 'load_learner', 'export']
@@ -91,15 +93,15 @@ def load_learner(fname, device=None, trusted=()):
 
 
 def export(self, fname="export.pth"):
-    "Save what inference needs, with no pickled code: the weights and a JSON description of model and labels."
+    "Save what inference needs, with no pickled code: the weights and a JSON description of model and labels (chapter 19)."
     desc = {"format": "course.learner", "version": 1, "model": describe_model(self.model),
             "loss_func": qualified_name(self.loss_func), "activation": self.activation,
             "vocab": None if self.vocab is None else [str(v) for v in self.vocab]}
     file = Path(fname) if Path(fname).is_absolute() else self.path / fname
-    file.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-    torch.save({"description": json.dumps(desc), "model": weights}, file)
-    return file
+    buffer = io.BytesIO()
+    torch.save({"description": json.dumps(desc), "model": weights}, buffer)
+    return atomic_write(file, buffer.getvalue())  # a temporary file, then a rename: never half-written
 
 
 Learner.export = export  # a method of every Learner: `learn.export()`

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 import warnings
 from pathlib import Path
@@ -14,15 +15,17 @@ from torch import nn
 import torch
 import torch.nn.functional as F
 
-from .callback.core import Callback, CallbackError, CancelBatchException, CancelEpochException, CancelFitException, CancelTrainException, CancelValidException
+from .callback.core import Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelTrainException, CancelValidException, call_handlers, handlers_for
 from .callback.progress import ProgressCallback, Recorder
 from .callback.schedule import LRFinder, one_cycle_sched, ParamScheduler, suggest_lrs
 from .config import default_device
+from .data.core import to_device
 from .metrics import AvgMetric, Metric
 from .optim import fast_adamw
+from .utils import atomic_write
 
 # %% auto #0
-__all__ = ['loss_activation', 'apply_activation', 'group_lrs', 'Learner']
+__all__ = ['loss_activation', 'apply_activation', 'group_lrs', 'Learner', 'fit_one_cycle', 'lr_find', 'freeze_to', 'freeze', 'unfreeze', 'fine_tune', 'get_preds', 'predict', 'save', 'load']
 
 # %% ../nbs/19_learner.ipynb #c0059
 def loss_activation(loss_func):
@@ -43,8 +46,6 @@ def apply_activation(name, preds):
 _EVENTS = [f"{when}_{what}" for what in ("fit", "epoch", "train", "validate", "batch")
            for when in ("before", "after", "cleanup")]
 _EVENTS += [f"{when}_{what}" for what in ("pred", "loss", "backward", "step") for when in ("before", "after")]
-_CANCEL_EXCEPTIONS = (CancelFitException, CancelEpochException, CancelTrainException, CancelValidException,
-                      CancelBatchException)
 
 
 def _listify(x):
@@ -52,9 +53,13 @@ def _listify(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _move(batch, device):
-    "Move the tensors of a batch (a tuple) to `device`."
-    return tuple(b.to(device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch)
+def _amp_setup(mixed_precision, device):
+    "The autocast dtype (None: full precision) and the gradient scaler (float16 on CUDA needs one) for `device`."
+    if not mixed_precision: return None, None
+    if mixed_precision is True: mixed_precision = "fp16" if device.type == "cuda" else "bf16"
+    if mixed_precision not in ("fp16", "bf16"): raise ValueError("mixed_precision is True, False, 'fp16' or 'bf16'.")
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    return dtype, (torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda" else None)
 
 
 def group_lrs(lr, n):
@@ -69,15 +74,6 @@ def group_lrs(lr, n):
         return list(lr)
     return [lr] * n
 
-
-class _GatherPreds(Callback):
-    "Collect predictions and targets, batch by batch, for `get_preds`."
-    order = 90
-    def before_validate(self): self.preds, self.targs = [], []
-    def after_batch(self):
-        self.preds.append(self.learn.pred.detach())
-        if self.learn.yb: self.targs.append(self.learn.yb[0].detach())
-
 # %% ../nbs/19_learner.ipynb #c0062
 class Learner:
     "Model, data, loss and optimizer, with the training loop and the events callbacks hook into (chapter 19)."
@@ -88,11 +84,10 @@ class Learner:
         self.dls, self.model, self.loss_func, self.opt_func, self.lr = dls, model, loss_func, opt_func, lr
         self.splitter = splitter or (lambda model: [list(model.parameters())])  # default: one group
         self.metrics = [m if isinstance(m, Metric) else AvgMetric(m) for m in _listify(metrics)]
-        self.path, self.model_dir = Path(path), model_dir
+        self.path, self.model_dir, self.channels_last = Path(path), model_dir, channels_last
         self.device = torch.device(device or getattr(dls, "device", None) or default_device())
-        self.channels_last = channels_last
         self.model.to(self.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        self._setup_precision(mixed_precision)
+        self.amp_dtype, self.scaler = _amp_setup(mixed_precision, self.device)
         self.opt, self.vocab, self.activation = None, getattr(dls, "vocab", None), loss_activation(loss_func)
         self.epoch, self.n_epoch, self.iter, self.n_iter, self.training, self.loss = 0, 0, 0, 0, False, None
         self.cbs, self._handlers = [], {}
@@ -116,78 +111,37 @@ class Learner:
         self._index_cbs()
 
     def _index_cbs(self):
-        # Worked out once, not at every event: for each event, the bound methods that handle it, in order.
-        # Most events have no handler, and firing one then costs a dictionary lookup and an empty loop.
-        ordered = sorted(self.cbs, key=lambda cb: getattr(cb, "order", 0))
-        self._handlers = {e: [getattr(cb, e) for cb in ordered if hasattr(cb, e)] for e in _EVENTS}
+        # Worked out once, not at every event: for each event, its handlers in order (most events have none).
+        self._handlers = {event: handlers_for(self.cbs, event) for event in _EVENTS}
 
     def callback(self, event):
-        "Fire `event`: call that method of every callback that has one, lowest `order` first (as `run_cbs` does)."
-        for method in self._handlers[event]:
-            try: method()
-            except _CANCEL_EXCEPTIONS: raise  # control flow, not an error: the loop catches it
-            except Exception as e:
-                raise CallbackError(f"Callback '{type(method.__self__).__name__}' failed in '{event}': {e}") from e
+        "Fire `event`: run its handlers, lowest `order` first, as `run_cbs` does but without sorting each time."
+        call_handlers(self._handlers[event], event)
 
     def _with_events(self, name, cancel, body):
-        # The pattern of every level of the loop: fit, epoch, train and validate (batch is written out below).
+        # The pattern of fit, epoch, train and validate (the batch level is written out in _all_batches).
         try:
-            self.callback(f"before_{name}")
-            body()
-            self.callback(f"after_{name}")
+            self.callback(f"before_{name}"); body(); self.callback(f"after_{name}")
         except cancel: pass
         finally: self.callback(f"cleanup_{name}")
 
-    # ---- optimizer, precision, parameter groups ----
-    def _setup_precision(self, mixed_precision):
-        "Choose the autocast dtype, and whether gradients need scaling (float16 on CUDA does)."
-        self.mixed_precision, self.scaler, self.amp_dtype = mixed_precision, None, None
-        if not mixed_precision: return
-        if mixed_precision is True: mixed_precision = "fp16" if self.device.type == "cuda" else "bf16"
-        if mixed_precision not in ("fp16", "bf16"): raise ValueError("mixed_precision is True, False, 'fp16' or 'bf16'.")
-        self.amp_dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-        if self.amp_dtype == torch.float16 and self.device.type == "cuda": self.scaler = torch.amp.GradScaler("cuda")
-
-    def param_groups(self):
-        "The model's parameters split into groups by the splitter, earliest layers first."
-        return self.splitter(self.model)
-
+    # ---- optimizer and parameter groups ----
     def create_opt(self):
-        "Make the optimizer: one parameter group per group from the splitter."
-        self.opt = self.opt_func([{"params": list(g)} for g in self.param_groups()], lr=self.lr)
+        "Make the optimizer: one parameter group per group from the splitter, earliest layers first."
+        self.opt = self.opt_func([{"params": list(g)} for g in self.splitter(self.model)], lr=self.lr)
 
     def set_lr(self, lr):
         "Set the learning rate of every parameter group (a number, a slice or a list)."
         for pg, v in zip(self.opt.param_groups, group_lrs(lr, len(self.opt.param_groups))): pg["lr"] = v
 
-    def freeze_to(self, n, train_bn=True):
-        "Train only parameter groups `n` onwards; normalisation layers stay trainable when `train_bn`."
-        groups = self.param_groups()
-        n = n % len(groups) if n < 0 else n
-        for i, g in enumerate(groups):
-            for p in g: p.requires_grad_(i >= n)
-        if train_bn:
-            # Their statistics and scales must adapt to the new data even where the other weights stay frozen.
-            for m in self.model.modules():
-                if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
-                    for p in m.parameters(): p.requires_grad_(True)
-
-    def freeze(self):
-        "Train only the last parameter group (the head)."
-        self.freeze_to(-1)
-
-    def unfreeze(self):
-        "Train every parameter."
-        self.freeze_to(0)
-
     # ---- the training loop ----
     def fit(self, n_epoch=1, lr=None, cbs=None):
-        "Train for `n_epoch` epochs, each a pass over `dls.train` then one over `dls.valid`."
+        "Train for `n_epoch` epochs at `lr` (default `self.lr`), each a pass over `dls.train` then `dls.valid`."
         cbs = _listify(cbs)
         if cbs: self.add_cbs(cbs)
         try:
             if self.opt is None: self.create_opt()
-            if lr is not None: self.set_lr(lr)
+            self.set_lr(self.lr if lr is None else lr)  # not whatever rate a schedule left behind
             self.n_epoch = n_epoch
             self._with_events("fit", CancelFitException, self._do_fit)
         finally:
@@ -212,18 +166,18 @@ class Learner:
             self._with_events(name, cancel, self._all_batches)
 
     def _all_batches(self):
-        # Batches from course.data.core's DataLoaders come on their own device (None: where the loader leaves
-        # them, the CPU), as do plain PyTorch loaders; move them here when that is not the Learner's device.
+        # Loaders deliver to their own device (`dl.device`; none: the CPU): move batches if it is not ours.
         dl_device = getattr(self.dl, "device", None)
         move = dl_device != self.device if dl_device is not None else self.device.type != "cpu"
         n_inp = getattr(getattr(self.dl, "dataset", None), "n_inp", None)
         for self.iter, batch in enumerate(self.dl):
-            if move: batch = _move(batch, self.device)
+            if move: batch = to_device(batch, self.device)
             # All but the last element are inputs; a batch of one tensor is inputs only (no target).
             k = n_inp or (len(batch) - 1 if len(batch) > 1 else 1)
             self.xb, self.yb = tuple(batch[:k]), tuple(batch[k:])
             if self.channels_last:
                 self.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in self.xb)
+            # The batch level, written out here rather than through _with_events: it runs thousands of times.
             try:
                 self.callback("before_batch")
                 self._one_batch()
@@ -244,105 +198,175 @@ class Learner:
         else:
             with torch.autocast(self.device.type, dtype=self.amp_dtype): self._pred_and_loss()
         if not self.training: return
-        self.callback("before_backward")
-        if self.scaler is None: self.loss.backward()
-        else:
-            self.scaler.scale(self.loss).backward()
-            self.scaler.unscale_(self.opt)  # so that callbacks (gradient clipping, say) see the true gradients
-        self.callback("after_backward")
-        self.callback("before_step")
-        if self.scaler is None: self.opt.step()
-        else:
-            self.scaler.step(self.opt)  # skips the step when the gradients overflowed
-            self.scaler.update()
-        self.callback("after_step")
-        self.opt.zero_grad()
-
-    # ---- schedules ----
-    def fit_one_cycle(self, n_epoch, lr_max=None, div=25.0, div_final=1e5, pct_start=0.25,
-                      moms=(0.95, 0.85, 0.95), cbs=None):
-        "Train with the learning rate warming up to `lr_max` then annealing to almost 0, momentum doing the opposite."
-        if self.opt is None: self.create_opt()
-        lr_maxs = group_lrs(self.lr if lr_max is None else lr_max, len(self.opt.param_groups))
-        scheds = {"lr": [one_cycle_sched(lr / div, lr, lr / div_final, pct_start) for lr in lr_maxs],
-                  "mom": [one_cycle_sched(*moms, pct_start)] * len(lr_maxs)}
-        self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + _listify(cbs))
-
-    def fine_tune(self, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, cbs=None):
-        "Transfer learning: train the head alone, then everything, earlier layers at smaller rates."
-        self.freeze()
-        self.fit_one_cycle(freeze_epochs, base_lr, cbs=cbs)
-        self.unfreeze()
-        # The head is no longer random: a lower peak for all, and lower still for the earliest layers.
-        self.fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2), cbs=cbs)
-
-    def lr_find(self, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, show_plot=True):
-        "Train briefly with an exponentially growing learning rate, put the weights back, and suggest rates."
-        if self.opt is None: self.create_opt()
-        saved = copy.deepcopy({"model": self.model.state_dict(), "opt": self.opt.state_dict()})
-        finder = LRFinder(start_lr, end_lr, num_it, stop_div)
-        self.remove_cbs([self.recorder])  # leave the record of the last real training alone
-        try: self.fit(math.ceil(num_it / len(self.dls.train)), cbs=[finder])
+        unscaled = False  # True between the scaler's unscale_ and its update
+        try:
+            self.callback("before_backward")
+            if self.scaler is None: self.loss.backward()
+            else:
+                self.scaler.scale(self.loss).backward()
+                self.scaler.unscale_(self.opt); unscaled = True  # callbacks (clipping, say) see true gradients
+            self.callback("after_backward")
+            self.callback("before_step")
+            if self.scaler is None: self.opt.step()
+            else:
+                self.scaler.step(self.opt)  # skips the step when the gradients overflowed
+                self.scaler.update(); unscaled = False
+            self.callback("after_step")
         finally:
-            self.add_cbs([self.recorder])
-            self.model.load_state_dict(saved["model"])
-            self.opt.load_state_dict(saved["opt"])
-        self.lr_finder = finder
-        suggested = suggest_lrs(finder.lrs, finder.losses)
-        if show_plot: finder.plot(suggested)
-        return suggested
-
-    # ---- predictions ----
-    def get_preds(self, dl=None, act=True):
-        "Predictions and targets over `dl` (default: the validation set), on the CPU; `act` applies the loss's activation."
-        gather = _GatherPreds()
-        self.add_cbs([gather])
-        try: self._run_phase(self.dls.valid if dl is None else dl, training=False)
-        finally: self.remove_cbs([gather])
-        # Gathered on the device, copied to the CPU once: ready for numpy, plots and scikit-learn.
-        preds = torch.cat(gather.preds).as_subclass(torch.Tensor).cpu()
-        if act: preds = apply_activation(self.activation, preds.float())
-        targs = torch.cat(gather.targs).as_subclass(torch.Tensor).cpu() if gather.targs else None
-        return preds, targs
+            # However the batch ended (a cancel after backward, say), the next one must start clean: a scaler that
+            # accepts the next unscale_ (it refuses a second before an update) and no gradients to add to its own.
+            if unscaled: self.scaler.update()
+            self.opt.zero_grad()
 
     def validate(self, dl=None):
         "Loss and metrics over `dl` (default: the validation set), as [valid_loss, *metrics]."
         self._run_phase(self.dls.valid if dl is None else dl, training=False)
         return self.recorder.valid_values
 
-    def predict(self, item):
-        "Predict one item: (decoded prediction, class index or raw output, probabilities)."
-        if self.dls is not None and hasattr(self.dls, "test_dl"): dl = self.dls.test_dl([item])
-        else: dl = [(torch.as_tensor(item)[None],)]  # a batch of one item and no target
-        probs = self.get_preds(dl)[0][0]
-        if self.activation == "softmax":
-            idx = probs.argmax()
-            return (self.vocab[idx] if self.vocab is not None else idx.item()), idx, probs
-        if self.activation == "sigmoid":
-            idx = probs > 0.5
-            names = [self.vocab[i] for i in idx.nonzero().flatten().tolist()] if self.vocab is not None else idx
-            return names, idx, probs
-        return probs, probs, probs
+# %% ../nbs/19_learner.ipynb #c0311
+def fit_one_cycle(self, n_epoch, lr_max=None, div=25.0, div_final=1e5, pct_start=0.25,
+                  moms=(0.95, 0.85, 0.95), cbs=None):
+    "Train with the learning rate warming up to `lr_max` then annealing to almost 0, momentum the opposite (chapter 19)."
+    if self.opt is None: self.create_opt()
+    lr_maxs = group_lrs(self.lr if lr_max is None else lr_max, len(self.opt.param_groups))
+    scheds = {"lr": [one_cycle_sched(lr / div, lr, lr / div_final, pct_start) for lr in lr_maxs],
+              "mom": [one_cycle_sched(*moms, pct_start)] * len(lr_maxs)}
+    self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + _listify(cbs))
 
-    # ---- saving ----
-    def _model_file(self, name):
-        p = Path(name)
-        return p if p.suffix == ".pth" or p.is_absolute() else self.path / self.model_dir / f"{name}.pth"
 
-    def save(self, name, with_opt=True):
-        "Save the model's weights (and the optimizer's state) to `path/model_dir/name.pth`; return the file."
-        file = self._model_file(name)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        state = {"model": self.model.state_dict()}
-        if with_opt and self.opt is not None: state["opt"] = self.opt.state_dict()
-        torch.save(state, file)
-        return file
+Learner.fit_one_cycle = fit_one_cycle
 
-    def load(self, name, with_opt=True, strict=True):
-        "Load weights (and optimizer state) written by `save`; only tensors and plain values are read."
-        state = torch.load(self._model_file(name), map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"], strict=strict)
-        if with_opt and "opt" in state:
-            if self.opt is None: self.create_opt()
-            self.opt.load_state_dict(state["opt"])
-        return self
+# %% ../nbs/19_learner.ipynb #c0313
+def lr_find(self, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, show_plot=True):
+    "Train briefly with an exponentially growing learning rate, put everything back, and suggest rates (chapter 19)."
+    if self.opt is None: self.create_opt()
+    saved = copy.deepcopy({"model": self.model.state_dict(), "opt": self.opt.state_dict()})
+    modes = {m: m.training for m in self.model.modules()}  # train or eval, layer by layer
+    finder = LRFinder(start_lr, end_lr, num_it, stop_div)
+    self.remove_cbs([self.recorder])  # leave the record of the last real training alone
+    try: self.fit(math.ceil(num_it / len(self.dls.train)), cbs=[finder])
+    finally:
+        self.add_cbs([self.recorder])
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["opt"])
+        for m, training in modes.items(): m.train(training)
+    self.lr_finder = finder
+    suggested = suggest_lrs(finder.lrs, finder.losses)
+    if show_plot: finder.plot(suggested)
+    return suggested
+
+
+Learner.lr_find = lr_find
+
+# %% ../nbs/19_learner.ipynb #c0314
+def freeze_to(self, n, train_bn=True):
+    "Train only parameter groups `n` onwards; normalisation layers stay trainable when `train_bn` (chapter 19)."
+    groups = self.splitter(self.model)
+    n = n % len(groups) if n < 0 else n
+    for i, g in enumerate(groups):
+        for p in g: p.requires_grad_(i >= n)
+    if train_bn:
+        # Their statistics and scales must adapt to the new data even where the other weights stay frozen.
+        for m in self.model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+                for p in m.parameters(): p.requires_grad_(True)
+
+
+def freeze(self):
+    "Train only the last parameter group, the head (chapter 19)."
+    self.freeze_to(-1)
+
+
+def unfreeze(self):
+    "Train every parameter (chapter 19)."
+    self.freeze_to(0)
+
+
+Learner.freeze_to = freeze_to
+Learner.freeze = freeze
+Learner.unfreeze = unfreeze
+
+# %% ../nbs/19_learner.ipynb #c0316
+def fine_tune(self, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, cbs=None):
+    "Transfer learning: train the head alone, then everything, earlier layers at smaller rates (chapter 19)."
+    self.freeze()
+    self.fit_one_cycle(freeze_epochs, base_lr, cbs=cbs)
+    self.unfreeze()
+    # The head is no longer random: a lower peak for all, and lower still for the earliest layers.
+    self.fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2), cbs=cbs)
+
+
+Learner.fine_tune = fine_tune
+
+# %% ../nbs/19_learner.ipynb #c0317
+class _GatherPreds(Callback):
+    "Collect predictions and targets, batch by batch, for `get_preds`."
+    order = 90
+    def before_validate(self): self.preds, self.targs = [], []
+    def after_batch(self):
+        self.preds.append(self.learn.pred.detach())
+        if self.learn.yb: self.targs.append(self.learn.yb[0].detach())
+
+
+def get_preds(self, dl=None, act=True):
+    "Predictions and targets over `dl` (default: the validation set), on the CPU; `act` applies the loss's activation (chapter 19)."
+    gather = _GatherPreds()
+    self.add_cbs([gather])
+    try: self._run_phase(self.dls.valid if dl is None else dl, training=False)
+    finally: self.remove_cbs([gather])
+    # Gathered on the device, copied to the CPU once: ready for numpy, plots and scikit-learn.
+    preds = torch.cat(gather.preds).as_subclass(torch.Tensor).cpu()
+    if act:
+        if preds.dtype in (torch.float16, torch.bfloat16): preds = preds.float()  # a 16-bit softmax loses digits
+        preds = apply_activation(self.activation, preds)
+    targs = torch.cat(gather.targs).as_subclass(torch.Tensor).cpu() if gather.targs else None
+    return preds, targs
+
+
+Learner.get_preds = get_preds
+
+# %% ../nbs/19_learner.ipynb #c0323
+def predict(self, item):
+    "Predict one item: (decoded prediction, class index or raw output, probabilities) (chapter 19)."
+    if self.dls is not None and hasattr(self.dls, "test_dl"): dl = self.dls.test_dl([item])
+    else: dl = [(torch.as_tensor(item)[None],)]  # a batch of one item and no target
+    probs = self.get_preds(dl)[0][0]
+    if self.activation == "softmax":
+        idx = probs.argmax()
+        return (self.vocab[idx] if self.vocab is not None else idx.item()), idx, probs
+    if self.activation == "sigmoid":
+        idx = probs > 0.5
+        names = [self.vocab[i] for i in idx.nonzero().flatten().tolist()] if self.vocab is not None else idx
+        return names, idx, probs
+    return probs, probs, probs
+
+
+Learner.predict = predict
+
+# %% ../nbs/19_learner.ipynb #c0319
+def _model_file(self, name):
+    p = Path(name)
+    return p if p.suffix == ".pth" or p.is_absolute() else self.path / self.model_dir / f"{name}.pth"
+
+
+def save(self, name, with_opt=True):
+    "Save the model's weights (and the optimizer's state) to `path/model_dir/name.pth`; return the file (chapter 19)."
+    state = {"model": self.model.state_dict()}
+    if with_opt and self.opt is not None: state["opt"] = self.opt.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # in memory first: a failure here leaves the file on disk untouched
+    return atomic_write(_model_file(self, name), buffer.getvalue())
+
+
+def load(self, name, with_opt=True, strict=True):
+    "Load weights (and optimizer state) written by `save`; only tensors and plain values are read (chapter 19)."
+    state = torch.load(_model_file(self, name), map_location=self.device, weights_only=True)
+    self.model.load_state_dict(state["model"], strict=strict)
+    if with_opt and "opt" in state:
+        if self.opt is None: self.create_opt()
+        self.opt.load_state_dict(state["opt"])
+    return self
+
+
+Learner.save = save
+Learner.load = load

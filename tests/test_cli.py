@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from course import cli
+from course.tools import cli
 from course.tools.build import build
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from course import datasets
+from course.data import external as datasets
 from course.data.external import (URLs, untar_data, DownloadError, ChecksumError, UnsafeArchiveError, KaggleCredentialsError)
 
 MNIST_PATH = "/fast-ai-sample/mnist_sample.tgz"
@@ -371,7 +371,7 @@ def test_offline_returns_twin_and_says_so(env, monkeypatch, capsys):
 
 _CHILD = """
 import dataclasses, sys
-from course import datasets
+from course.data import external as datasets
 info = datasets.DATASETS[datasets.URLs.MNIST_SAMPLE]
 datasets.DATASETS[datasets.URLs.MNIST_SAMPLE] = dataclasses.replace(info, size=int(sys.argv[1]), md5_head=sys.argv[2])
 print(datasets.untar_data(datasets.URLs.MNIST_SAMPLE, progress=False))

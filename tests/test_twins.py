@@ -10,7 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from course import twins
+from course.data import twins
+from course.data.twins import collab as collab_twins
+from course.data.twins import tabular as tabular_twins
+from course.data.twins import text as text_twins
+from course.data.twins import vision as vision_twins
 from course.data.external import URLs, untar_data
 
 
@@ -141,7 +145,7 @@ def test_pascal_multilabel_learnable(twin):
     from sklearn.metrics import roc_auc_score
     path = twin(URLs.PASCAL_2007)
     df = pd.read_csv(path / "train.csv")
-    classes = twins.PASCAL_CLASSES
+    classes = vision_twins.PASCAL_CLASSES
     y = np.array([[c in l.split() for c in classes] for l in df.labels])
     def hue_histogram(f):  # a tiny model's input: which hues, and how much of each, the picture holds
         hsv = np.asarray(Image.open(f).convert("HSV").resize((48, 36))).reshape(-1, 3)
@@ -289,7 +293,7 @@ def test_bulldozers_learnable(twin):
     from sklearn.ensemble import RandomForestRegressor
     path = twin(URLs.BULLDOZERS)
     df = pd.read_csv(path / "TrainAndValid.csv", low_memory=False)
-    assert list(df.columns) == twins.BULLDOZER_COLUMNS and (df.YearMade == 1000).any()
+    assert list(df.columns) == tabular_twins.BULLDOZER_COLUMNS and (df.YearMade == 1000).any()
     assert {"Valid.csv", "Test.csv", "ValidSolution.csv"} <= {p.name for p in path.iterdir()}
     date = pd.to_datetime(df.saledate, format="%m/%d/%Y %H:%M")
     x = pd.DataFrame({"YearMade": df.YearMade, "saleYear": date.dt.year, "saleElapsed": date.astype("int64") // 10**9})
@@ -311,17 +315,17 @@ def _digest(folder: Path) -> str:
 
 
 SMALL = {  # each twin's generator, at a size that keeps three builds quick
-    "mnist_sample": lambda d, seed: twins.make_mnist_sample(d, seed=seed, n_train=2, n_valid=1),
-    "human_numbers": twins.make_human_numbers,
-    "imdb_sample": lambda d, seed: twins.make_imdb_sample(d, seed=seed, n=50),
-    "imdb": lambda d, seed: twins.make_imdb(d, seed=seed, n_per_class=10, n_unsup=10),
-    "ml_100k": twins.make_ml_100k,
-    "adult_sample": twins.make_adult_sample,
-    "bulldozers": lambda d, seed: twins.make_bulldozers(d, seed=seed, n=300, n_test=30),
-    "camvid_tiny": lambda d, seed: twins._make_camvid(d, "camvid_tiny", seed, 8, 64, 48, False),
-    "pascal_2007": lambda d, seed: twins.make_pascal_2007(d, seed=seed, n_train=30, n_test=10),
-    "imagenette": lambda d, seed: twins._make_imagenette(d, "imagenette2-160", seed, 64, 2, 1),
-    "biwi_head_pose": lambda d, seed: twins.make_biwi_head_pose(d, seed=seed, people=2, frames=3),
+    "mnist_sample": lambda d, seed: vision_twins.make_mnist_sample(d, seed=seed, n_train=2, n_valid=1),
+    "human_numbers": text_twins.make_human_numbers,
+    "imdb_sample": lambda d, seed: text_twins.make_imdb_sample(d, seed=seed, n=50),
+    "imdb": lambda d, seed: text_twins.make_imdb(d, seed=seed, n_per_class=10, n_unsup=10),
+    "ml_100k": collab_twins.make_ml_100k,
+    "adult_sample": tabular_twins.make_adult_sample,
+    "bulldozers": lambda d, seed: tabular_twins.make_bulldozers(d, seed=seed, n=300, n_test=30),
+    "camvid_tiny": lambda d, seed: vision_twins._make_camvid(d, "camvid_tiny", seed, 8, 64, 48, False),
+    "pascal_2007": lambda d, seed: vision_twins.make_pascal_2007(d, seed=seed, n_train=30, n_test=10),
+    "imagenette": lambda d, seed: vision_twins._make_imagenette(d, "imagenette2-160", seed, 64, 2, 1),
+    "biwi_head_pose": lambda d, seed: vision_twins.make_biwi_head_pose(d, seed=seed, people=2, frames=3),
 }
 
 
@@ -335,5 +339,5 @@ def test_twins_deterministic_by_seed(tmp_path, name):
 
 
 def test_pets_deterministic_small(tmp_path):
-    a, b = twins.make_pets(tmp_path / "a", seed=3, per_breed=2), twins.make_pets(tmp_path / "b", seed=3, per_breed=2)
+    a, b = vision_twins.make_pets(tmp_path / "a", seed=3, per_breed=2), vision_twins.make_pets(tmp_path / "b", seed=3, per_breed=2)
     assert _digest(a) == _digest(b)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['CancelFitException', 'CancelEpochException', 'CancelTrainException', 'CancelValidException', 'CancelBatchException', 'Callback', 'CallbackError', 'run_cbs', 'GradientClip', 'EarlyStopping']
+__all__ = ['CANCEL_EXCEPTIONS', 'CancelFitException', 'CancelEpochException', 'CancelTrainException', 'CancelValidException', 'CancelBatchException', 'Callback', 'CallbackError', 'handlers_for', 'call_handlers', 'run_cbs', 'GradientClip', 'EarlyStopping']
 
-# %% ../../nbs/lib/16_callback.ipynb #c0003
+# %% ../../nbs/16_training_process.ipynb #c0072
 class CancelFitException(Exception):
     "Raise in a callback to stop `fit` early; `cleanup_fit` still runs (chapter 16)."
 class CancelEpochException(Exception):
@@ -22,30 +22,42 @@ class CancelValidException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of the current batch (chapter 16)."
 
-_cancel_exceptions = (CancelFitException, CancelEpochException, CancelTrainException,
-                      CancelValidException, CancelBatchException)
+CANCEL_EXCEPTIONS = (CancelFitException, CancelEpochException, CancelTrainException,
+                     CancelValidException, CancelBatchException)
 
+# %% ../../nbs/16_training_process.ipynb #c0301
 class Callback:
     "Base class for callbacks: define methods named after events; lower `order` runs first (chapter 16)."
     order = 0     # callbacks run sorted by order, lowest first; ties keep the order they were added in
     learn = None  # set by the Learner when the callback is attached
 
+
 class CallbackError(Exception):
     "A callback raised an error; the message names the callback and the event (chapter 16)."
 
-# %% ../../nbs/lib/16_callback.ipynb #c0004
-def run_cbs(cbs, event, learn=None):
-    "Call method `event` of every callback in `cbs` that has one, lowest `order` first (chapter 16)."
-    for cb in sorted(cbs, key=lambda cb: getattr(cb, 'order', 0)):   # sorted() is stable: ties keep their order
-        method = getattr(cb, event, None)
-        if method is None: continue
-        if learn is not None: cb.learn = learn   # the loop running this event
+# %% ../../nbs/16_training_process.ipynb #c0074
+def handlers_for(cbs, event):
+    "The (callback, method) pairs of `cbs` that handle `event`, lowest `order` first (chapter 16)."
+    ordered = sorted(cbs, key=lambda cb: getattr(cb, "order", 0))  # sorted() is stable: ties keep their order
+    return [(cb, getattr(cb, event)) for cb in ordered if hasattr(cb, event)]
+
+
+def call_handlers(handlers, event):
+    "Call each handler of `event`; cancel exceptions pass through, other errors become a `CallbackError` (chapter 16)."
+    for cb, method in handlers:
         try: method()
-        except _cancel_exceptions: raise        # not an error: the loop catches these to cut a level short
+        except CANCEL_EXCEPTIONS: raise  # not an error: the loop catches these to cut a level short
         except Exception as e:
             raise CallbackError(f"Callback '{type(cb).__name__}' failed in '{event}': {e}") from e
 
-# %% ../../nbs/lib/16_callback.ipynb #c0006
+
+def run_cbs(cbs, event, learn=None):
+    "Run `event` on the callbacks `cbs`, lowest `order` first; `learn` is the loop running it (chapter 16)."
+    if learn is not None:
+        for cb in cbs: cb.learn = learn
+    call_handlers(handlers_for(cbs, event), event)
+
+# %% ../../nbs/16_training_process.ipynb #c0080
 class GradientClip(Callback):
     "Rescale the gradients so that their total norm is at most `max_norm`, after every backward pass (chapter 16)."
     def __init__(self, max_norm=1.0): self.max_norm = max_norm
@@ -53,7 +65,7 @@ class GradientClip(Callback):
         # The Learner unscales mixed-precision gradients before this event, so the norm is the true one.
         torch.nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm)
 
-# %% ../../nbs/lib/16_callback.ipynb #c0008
+# %% ../../nbs/16_training_process.ipynb #c0099
 class EarlyStopping(Callback):
     "Stop fitting when the validation loss has not improved by `min_delta` for `patience` epochs (chapter 16)."
     order = 60   # after callbacks that change the loss

@@ -12,6 +12,7 @@ import torch
 
 from .core import Callback
 from .schedule import get_mom
+from ..utils import in_notebook
 
 # %% auto #0
 __all__ = ['Recorder', 'ProgressCallback']
@@ -101,13 +102,6 @@ class Recorder(Callback):
         return axs
 
 # %% ../../nbs/19_learner.ipynb #c0057
-def _in_notebook():
-    "True inside a Jupyter kernel (or nbdev's test runner), where HTML can be displayed."
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return shell is not None and "Terminal" not in type(shell).__name__
-
-
 def _fmt_value(v): return f"{v:.6f}" if isinstance(v, float) else str(v)
 
 
@@ -133,7 +127,7 @@ class ProgressCallback(Callback):
 
     def _start(self, phase):
         self.phase, self.start, self.next_draw = phase, time.perf_counter(), 0.0
-        self.notebook = _in_notebook()
+        self.notebook = in_notebook()
         if self.notebook and self.bar is None:  # one bar per fit, redrawn for each phase
             from IPython.display import HTML, display
             self.bar = display(HTML(""), display_id=True)

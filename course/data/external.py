@@ -12,21 +12,22 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tarfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..config import data_dir, is_offline, read_config
+from ..utils import atomic_write, file_lock
 
 # %% auto #0
 __all__ = ['DATASETS', 'URLs', 'Dataset', 'dataset_info', 'url_of', 'data_mirror', 'mirrored_url', 'DownloadError',
            'ChecksumError', 'UnsafeArchiveError', 'KaggleCredentialsError', 'md5_head', 'sha256_file',
-           'recorded_checksum', 'record_checksum', 'file_lock', 'download_url', 'extract_archive', 'kaggle_credentials',
+           'recorded_checksum', 'record_checksum', 'download_url', 'extract_archive', 'kaggle_credentials',
            'untar_data']
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0005
@@ -212,42 +213,8 @@ def record_checksum(url: str, path: Path) -> dict:
         try: table = json.loads(file.read_text()) if file.is_file() else {}
         except ValueError: table = {}
         table[url] = entry
-        tmp = file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, file)
+        atomic_write(file, json.dumps(table, indent=1, sort_keys=True))
     return entry
-
-# %% ../../nbs/lib/03_datasets.ipynb #c0020
-try: import fcntl
-except ImportError: fcntl = None  # Windows
-try: import msvcrt
-except ImportError: msvcrt = None
-
-
-@contextmanager
-def file_lock(path: Path, timeout: float = 6 * 3600, poll: float = 0.1):
-    "Hold an exclusive lock on `path` (created if needed) while the block runs; other processes wait."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    start, told = time.monotonic(), False
-    with open(path, "a+b") as f:
-        while True:
-            try:
-                if fcntl is not None: fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                elif msvcrt is not None: msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-                break
-            except OSError:
-                if time.monotonic() - start > timeout:
-                    raise TimeoutError(f"Waited {timeout:g} s for {path}; another process holds it. If none is running, delete that file.") from None
-                if not told:
-                    print(f"Waiting for another process that is preparing the same data ({path.name})...", file=sys.stderr)
-                    told = True
-                time.sleep(poll)
-        try: yield
-        finally:
-            if fcntl is not None: fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            elif msvcrt is not None:
-                f.seek(0); msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0022
 class _Truncated(Exception):
@@ -434,7 +401,7 @@ def _offline_twin(info: Dataset | None, url: str, seed: int = 42) -> Path:
     if info is None:
         raise DownloadError(f"COURSE_OFFLINE=1 is set, and {url} is not one of the course's datasets, so it has no offline twin.\n"
                             "Unset COURSE_OFFLINE on a machine with internet to download it, or use one of the datasets in URLs.")
-    from course import twins
+    from course.data import twins
     parent = data_dir() / "twins"
     with file_lock(parent / ".locks" / f"{info.folder}.lock"):
         path = twins.build_twin(info.name, parent, seed=seed)
@@ -460,7 +427,7 @@ def _unpack_into_place(archive: Path, dest: Path):
 
 
 def untar_data(url: str, force_download: bool = False, timeout: float = 30, retries: int = 3, progress: bool = True) -> Path:
-    "Download, verify and safely extract dataset `url` (a `URLs` address or name) once; return its folder (chapter 1)."
+    "Download, verify and safely extract dataset `url` (a `URLs` address or name) once; return its folder (used in chapter 1)."
     info = dataset_info(url)
     if info is not None: url = url_of(info)
     if is_offline(): return _offline_twin(info, url)

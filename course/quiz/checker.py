@@ -6,19 +6,14 @@
 from __future__ import annotations
 
 import ast
-import json
 import re
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from .display import results_table
 from .grading import _blank, _defined_names, _is_check_stmt, _neutralise_magics, code_without_check, grade, grade_many, is_stub, model_answer, Result, sample_ok
 from .keys import _is_num, anchor, ANSWER_RE, chapter_of, load_keys, notebook_questions, NotebookError, OBJECTIVE_KINDS, parse_key_cell, qid_order, QUESTION_RE, read_cells
-from ..tools.progress import record_results
 
 # %% auto #0
-__all__ = ['Slot', 'find_slots', 'check_notebook', 'run_check', 'check_model_answers', 'lint_questionnaire']
+__all__ = ['Slot', 'find_slots', 'check_notebook', 'check_model_answers', 'lint_questionnaire']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0093
 @dataclass
@@ -181,25 +176,6 @@ def check_notebook(path, timeout: float | None = None, keys: dict | None = None)
         if note: r.feedback = (note + r.feedback).strip()
         results[k["id"]] = r
     return [results[q] for q in sorted(results, key=qid_order)]
-
-# %% ../../nbs/lib/02_questionnaire.ipynb #c0097
-def run_check(path: str, as_json: bool = False) -> int:
-    "Grade the notebook at `path`, print a table (or JSON) with the total, record progress; 0 if graded, 2 with one line if not (questionnaire library)."
-    try: results = check_notebook(path)
-    except NotebookError as e:
-        print(f"course check: {e}", file=sys.stderr)
-        return 2
-    recorded, warning = None, ""
-    try: recorded = record_results(str(Path(path).resolve()), [r.to_dict() for r in results])
-    except (OSError, ValueError) as e: warning = f"(progress not recorded: {e})"
-    if as_json:
-        got, total = sum(r.score for r in results), sum(r.points for r in results)
-        print(json.dumps({"notebook": str(path), "score": round(got, 4), "points": total, "answered": sum(r.answered for r in results),
-                          "questions": [r.to_dict() for r in results], "progress_file": str(recorded) if recorded else None}, indent=1))
-    else:
-        print(results_table(results))
-        if warning: print(warning)
-    return 0
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0099
 def check_model_answers(nb_path, timeout: float | None = None) -> list[Result]:

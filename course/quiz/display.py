@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import html
-import sys
 
 from .grading import _fmt, Result, VERDICT_COLOURS, VERDICT_MARKS
 from .keys import anchor
+from ..utils import in_notebook, text_table
 
 # %% auto #0
 __all__ = ['results_table', 'summary_line', 'Report']
@@ -17,8 +17,7 @@ __all__ = ['results_table', 'summary_line', 'Report']
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0050s1
 def _show(obj):
     "Display `obj` richly in IPython/Jupyter, as text elsewhere."
-    ipython = sys.modules.get("IPython")
-    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
+    if in_notebook():
         from IPython.display import display
         display(obj)
     else: print(obj)
@@ -34,21 +33,13 @@ class _Html:
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0054
 def results_table(results: list[Result], width: int = 100) -> str:
     "The results as a text table (id, kind, verdict, score, feedback, wrapped) with the total on the last line."
-    import textwrap
     def feedback(r: Result) -> str:
         text = " ".join(r.feedback.split())
         if r.section and r.verdict in ("wrong", "partly"): text = f"{text} (Section: {r.section})".strip()
         return text
     rows = [(r.qid, r.kind, r.verdict, f"{_fmt(r.score)}/{_fmt(r.points)}", feedback(r)) for r in results]
-    heads = ("id", "kind", "verdict", "score", "feedback")
-    w = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(heads[:4])]
-    indent = sum(w) + 2 * 4
-    lines = []
-    for row in [heads, tuple("-" * n for n in w) + ("-" * 8,)] + rows:
-        wrapped = textwrap.wrap(row[4], max(30, width - indent)) or [""]
-        lines.append(("  ".join(c.ljust(w[i]) for i, c in enumerate(row[:4])) + "  " + wrapped[0]).rstrip())
-        lines += [" " * indent + more for more in wrapped[1:]]
-    return "\n".join(lines) + "\n" + summary_line(results)
+    table = text_table(rows, ("id", "kind", "verdict", "score", "feedback"), wrap_last=width)
+    return table + "\n" + summary_line(results)
 
 
 def summary_line(results: list[Result]) -> str:

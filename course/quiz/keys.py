@@ -8,11 +8,11 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
+
+from ..utils import atomic_write
 
 # %% auto #0
 __all__ = ['KINDS', 'COMMON_FIELDS', 'OBJECTIVE_KINDS', 'QID_RE', 'ANSWER_RE', 'QUESTION_RE', 'OPTION_RE', 'KEY_HEADER', 'chapter_of', 'qid_order', 'anchor', 'validate_key', 'parse_key_cell', 'package_dir', 'keys_dir', 'encode_keys', 'decode_keys', 'NotebookError', 'read_cells', 'headings', 'notebook_questions', 'compile_keys', 'write_keys', 'key_file', 'load_keys', 'available_chapters']
@@ -273,17 +273,6 @@ def compile_keys(nb_paths) -> dict[str, bytes]:
     return {ch: encode_keys(data) for ch, data in sorted(chapters.items())}
 
 
-def _write_atomic(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f: f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-
-
 def write_keys(nbs_dir, out_dir, check: bool = False) -> list[str]:
     "Write the key files of the chapter notebooks in `nbs_dir` into `out_dir`; return the paths changed (with `check`, stale, writing nothing)."
     nbs_dir, out_dir = Path(nbs_dir), Path(out_dir)
@@ -293,7 +282,7 @@ def write_keys(nbs_dir, out_dir, check: bool = False) -> list[str]:
     stale = sorted(str(p) for p in set(want) | set(have) if want.get(p) != have.get(p))
     if not check:
         for p in map(Path, stale):
-            if p in want: _write_atomic(p, want[p])
+            if p in want: atomic_write(p, want[p])
             else: p.unlink()
     return stale
 

@@ -120,7 +120,7 @@ def _run_child():
 def _start_grader(questions: list[dict], tmp: str):
     job = {"questions": questions, "sys_path": [p for p in sys.path if p], "memory": MEMORY_LIMIT, "max_output": OUTPUT_LIMIT, "max_file": FILE_LIMIT}
     package_parent = str(package_dir().parent)
-    cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {package_parent!r}); from course.quiz import _run_child; _run_child()"]
+    cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {package_parent!r}); from course.quiz.sandbox import _run_child; _run_child()"]
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): env.setdefault(var, "1")
     env.setdefault("MALLOC_ARENA_MAX", "2")  # fewer malloc arenas: threads then reserve less address space

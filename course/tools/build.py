@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 from ..config import is_offline, quick_mode_note
+from ..utils import atomic_write
 
 # %% auto #0
 __all__ = ['KERNELSPEC', 'NOTE_ID', 'BuildError', 'find_root', 'chapter_key', 'chapter_notebooks', 'find_chapter',
            'read_notebook', 'write_notebook', 'dumps_notebook', 'directives', 'strip_directives', 'is_plumbing',
            'is_dropped', 'heading_lines', 'questionnaire_flags', 'run_note', 'make_full', 'make_stripped',
-           'execute_notebook', 'stale_package', 'build']
+           'execute_notebook', 'stale_package', 'layout_problems', 'build']
 
 # %% ../../nbs/lib/01_build.ipynb #c0005
 class BuildError(Exception):
@@ -85,10 +86,7 @@ def read_notebook(path: Path) -> dict:
 
 def write_notebook(nb: dict, path: Path) -> None:
     "Write `nb` to `path` deterministically (sorted keys, one-space indent, sources as line lists) and atomically."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dumps_notebook(nb), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, dumps_notebook(nb))
 
 
 def dumps_notebook(nb: dict) -> str:
@@ -324,6 +322,53 @@ def _keys(root: Path, check: bool) -> list[str]:
     stale = write_keys(root / "nbs", root / "course" / "keys", check=check)
     return [str(Path(p).resolve().relative_to(root)) for p in stale]
 
+# %% ../../nbs/lib/01_build.ipynb #c0030b
+_EXPORT_RE = re.compile(r"^#\|\s*(default_exp|export|exporti|exports)\b[ \t]*([\w.]*)[ \t]*$", re.M)
+_TAG_RE = re.compile(r"\(chapter (\d+)\)")
+
+
+def _exported_defs(source: str):
+    "(name, docstring) of each public top-level function and class in an exported cell's code."
+    import ast
+    code = "\n".join(line for line in source.splitlines() if not line.startswith("#|"))
+    try: tree = ast.parse(code)
+    except SyntaxError: return []
+    return [(n.name, ast.get_docstring(n) or "") for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
+
+
+def layout_problems(root: Path | None = None) -> list[str]:
+    "Modules without one owner notebook read before the notebooks that add to them, and chapter tags that do not match."
+    root = find_root(root)
+    nbs = sorted((p for p in (root / "nbs").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts), key=lambda p: p.name)
+    owners, problems = {}, []
+    for path in nbs:  # the order nbdev_export reads them in
+        rel = path.relative_to(root)
+        chapter = int(path.name[:2]) if _CHAPTER_RE.match(path.name) and path.parent.name == "nbs" and path.name[:2].isdigit() else None
+        default = None
+        for cell in read_notebook(path)["cells"]:
+            if cell.get("cell_type") != "code": continue
+            source = "".join(cell.get("source", ""))
+            m = _EXPORT_RE.search(source)
+            if not m: continue
+            kind, target = m.groups()
+            if kind == "default_exp":
+                if target in owners: problems.append(f"{rel}: module {target} already has an owner, {owners[target]}")
+                owners[target], default = target and str(rel), target
+                continue
+            module = target or default
+            if module is None: problems.append(f"{rel}: `#| {kind}` with no module and no `#| default_exp`"); continue
+            if module not in owners:
+                problems.append(f"{rel}: exports to {module}, whose owner (a notebook with `#| default_exp {module}`) "
+                                "is missing or sorts after it; add nbs/lib/modules/00_{module.replace('.', '_')}.ipynb")
+            for name, doc in _exported_defs(source):
+                tags = {int(t) for t in _TAG_RE.findall(doc)}
+                if chapter is not None and tags != {chapter}:
+                    problems.append(f"{rel}: {name}'s docstring should end with (chapter {chapter})")
+                if chapter is None and tags:
+                    problems.append(f"{rel}: {name} is exported from a library notebook but tagged (chapter {min(tags)})")
+    return problems
+
 # %% ../../nbs/lib/01_build.ipynb #c0031
 def build(root: Path | None = None, chapters: list[str] | None = None, execute: bool = False, check: bool = False,
           timeout: float = 900, log=print) -> list[str]:
@@ -333,7 +378,10 @@ def build(root: Path | None = None, chapters: list[str] | None = None, execute: 
     paths = [find_chapter(nbs, c) for c in chapters] if chapters else chapter_notebooks(nbs)
     for nb_path in sorted(nbs.rglob("*.ipynb")):  # name a broken notebook before nbdev trips over it
         if ".ipynb_checkpoints" not in nb_path.parts: read_notebook(nb_path)
-    stale = []
+    problems = layout_problems(root)
+    if problems and not check:
+        raise BuildError("the notebooks do not say clearly where their code goes:\n  " + "\n  ".join(problems))
+    stale = [f"layout: {p}" for p in problems]
     if check:
         stale += stale_package(root)
     else:

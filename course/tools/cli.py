@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 from .build import BuildError, build, find_chapter, find_root
-from ..config import course_home, data_dir, is_offline, workspace_dir
+from ..config import data_dir, is_offline, workspace_dir
+from ..utils import text_table
 
 
 class CourseError(Exception):
     "A problem the `course` command explains in one line, with what to do about it."
 
 # %% auto #0
-__all__ = ['DOCTOR_CHECKS', 'CourseError', 'doctor_rows', 'format_table', 'start_chapter', 'run_tests', 'make_parser', 'main',
-           'cli']
+__all__ = ['DOCTOR_CHECKS', 'CourseError', 'doctor_rows', 'start_chapter', 'run_tests', 'make_parser', 'main', 'cli']
 
 # %% ../../nbs/lib/09_cli.ipynb #c0005
 def _check_python():
@@ -109,13 +109,6 @@ def doctor_rows() -> list[tuple[str, str, str, str]]:
         rows.append((name, status, found, todo))
     return rows
 
-
-def format_table(rows, header) -> str:
-    "Rows of strings as an aligned plain-text table."
-    rows = [tuple(str(x) for x in r) for r in rows]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 # %% ../../nbs/lib/09_cli.ipynb #c0008
 def start_chapter(chapter: str, workspace: Path | None = None, force: bool = False, root: Path | None = None) -> Path:
@@ -211,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "doctor":
             rows = doctor_rows()
-            print(format_table(rows, ("check", "status", "found", "what to do")))
+            print(text_table(rows, ("check", "status", "found", "what to do")))
             return 1 if any(r[1] == "fail" for r in rows) else 0
         if args.command == "quickstart":
             from course.data.external import DownloadError
@@ -233,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"your copy: {dest}\nopen it with: jupyter lab {dest}\ncheck it with: course check {dest}")
             return 0
         if args.command == "check":
-            from course.quiz.checker import run_check
+            from course.tools.progress import run_check
             return run_check(str(_notebook_arg(args.notebook)), as_json=args.json)
         if args.command == "progress":
             from course.tools.progress import run_progress

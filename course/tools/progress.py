@@ -6,17 +6,19 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..config import course_home
+from ..quiz.checker import check_notebook
+from ..quiz.display import results_table
+from ..quiz.keys import NotebookError, available_chapters, key_file
+from ..utils import atomic_write, file_lock, in_notebook
 
 # %% auto #0
-__all__ = ['PROGRESS_NAME', 'progress_path', 'load_progress', 'record_results', 'progress_rows', 'progress_chart', 'run_progress']
+__all__ = ['PROGRESS_NAME', 'progress_path', 'load_progress', 'record_results', 'progress_rows', 'progress_chart', 'run_progress',
+           'run_check']
 
 # %% ../../nbs/lib/02a_progress.ipynb #c0004
 PROGRESS_NAME = "progress.json"
@@ -25,32 +27,6 @@ PROGRESS_NAME = "progress.json"
 def progress_path() -> Path:
     "The progress file in the course home (questionnaire library)."
     return course_home() / PROGRESS_NAME
-
-
-@contextmanager
-def _locked(path: Path):
-    "Hold an exclusive lock on `path`.lock while the block runs (no-op where fcntl is missing)."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try: import fcntl
-    except ImportError: fcntl = None
-    with open(path.with_name(path.name + ".lock"), "a+") as lock:
-        if fcntl: fcntl.flock(lock, fcntl.LOCK_EX)
-        try: yield
-        finally:
-            if fcntl: fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_json_atomic(path: Path, data: dict):
-    "Write `data` as JSON to `path` through a temporary file and os.replace, so the file is never half-written."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
 
 
 def load_progress(path: Path | None = None) -> dict:
@@ -71,7 +47,7 @@ def _chapter(qid: str) -> str: return qid.rsplit(".", 1)[0]
 def record_results(notebook: str, results: list[dict], path: Path | None = None) -> Path:
     "Record the results of checking `notebook` (dicts with qid, verdict, score, points) in the progress file, atomically; return its path."
     path = Path(path or progress_path())
-    with _locked(path):
+    with file_lock(path.with_name(path.name + ".lock"), quiet=True):
         try: data = load_progress(path)
         except ValueError:
             path.replace(path.with_name(path.name + f".damaged-{int(time.time())}"))
@@ -86,13 +62,12 @@ def record_results(notebook: str, results: list[dict], path: Path | None = None)
                 "score": round(sum(r["score"] for r in rs), 4), "points": round(sum(r["points"] for r in rs), 4),
                 "answered": sum(r["verdict"] not in ("not answered", "missing") for r in rs), "questions": len(rs),
                 "results": {r["qid"]: {"verdict": r["verdict"], "score": r["score"], "points": r["points"]} for r in rs}}
-        _write_json_atomic(path, data)
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
     return path
 
 # %% ../../nbs/lib/02a_progress.ipynb #c0009
 def progress_rows() -> list[dict]:
     "One row per chapter: chapter, title, score, points, answered, questions, checked (questionnaire library)."
-    from course.quiz.keys import available_chapters, key_file
     data = load_progress()
     rows = {}
     for ch in available_chapters():
@@ -148,8 +123,26 @@ def run_progress() -> int:
     except OSError as e: print(f"(no chart: {e})")
     else:
         print(f"Chart saved to {png}")
-        ipython = sys.modules.get("IPython")
-        if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
+        if in_notebook():
             from IPython.display import Image, display
             display(Image(filename=str(png)))
+    return 0
+
+# %% ../../nbs/lib/02a_progress.ipynb #c0097
+def run_check(path: str, as_json: bool = False) -> int:
+    "Grade the notebook at `path`, print a table (or JSON) with the total, record progress; 0 if graded, 2 with one line if not (questionnaire library)."
+    try: results = check_notebook(path)
+    except NotebookError as e:
+        print(f"course check: {e}", file=sys.stderr)
+        return 2
+    recorded, warning = None, ""
+    try: recorded = record_results(str(Path(path).resolve()), [r.to_dict() for r in results])
+    except (OSError, ValueError) as e: warning = f"(progress not recorded: {e})"
+    if as_json:
+        got, total = sum(r.score for r in results), sum(r.points for r in results)
+        print(json.dumps({"notebook": str(path), "score": round(got, 4), "points": total, "answered": sum(r.answered for r in results),
+                          "questions": [r.to_dict() for r in results], "progress_file": str(recorded) if recorded else None}, indent=1))
+    else:
+        print(results_table(results))
+        if warning: print(warning)
     return 0

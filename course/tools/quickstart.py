@@ -15,7 +15,7 @@ from ..data.core import Categorize, Datasets, IntToFloat, ToTensor
 from ..metrics import error_rate
 from ..utils import set_seed
 from ..vision.augment import Normalize
-from ..vision.core import open_image, Resize
+from ..vision.core import load_image, ResizeTo
 from ..vision.learner import vision_learner
 
 # %% auto #0
@@ -35,7 +35,7 @@ def pets_cats_dogs(path, size=224, bs=64, valid_pct=0.2, seed=42, num_workers=0)
     idx = torch.randperm(len(files), generator=g).tolist()
     n_valid = int(len(files) * valid_pct)
     splits = (sorted(idx[n_valid:]), sorted(idx[:n_valid]))
-    dsets = Datasets(files, [[open_image, Resize(size), ToTensor()], [cat_or_dog, Categorize()]], splits=splits)
+    dsets = Datasets(files, [[load_image, ResizeTo(size, method="squish"), ToTensor()], [cat_or_dog, Categorize()]], splits=splits)
     return dsets.dataloaders(bs=bs, num_workers=num_workers, after_batch=[IntToFloat(), Normalize()])
 
 # %% ../../nbs/15_architectures.ipynb #c0037

@@ -22,7 +22,7 @@ class WeightsError(RuntimeError):
 
 
 def weights_enum(arch: str, weights: str = "DEFAULT"):
-    "torchvision's weights entry for model `arch` ('resnet34') and `weights` ('DEFAULT', 'IMAGENET1K_V1') (chapter 1)."
+    "torchvision's weights entry for model `arch` ('resnet34') and `weights` ('DEFAULT', 'IMAGENET1K_V1') (used in chapter 1)."
     from torchvision.models import get_model_weights
     try: enum = get_model_weights(arch)
     except (ValueError, KeyError) as e:
@@ -67,7 +67,7 @@ def _fetch_weights(w, progress: bool, timeout: float) -> Path:
 
 
 def pretrained_model(arch: str = "resnet34", weights: str = "DEFAULT", progress: bool = True, timeout: float = 60, **kwargs):
-    "torchvision model `arch` with its pretrained `weights` (a random-initialised stand-in offline) (chapter 1)."
+    "torchvision model `arch` with its pretrained `weights` (a random-initialised stand-in offline) (used in chapter 1)."
     from torchvision.models import get_model
     w = weights_enum(arch, weights)
     if is_offline():

@@ -22,7 +22,7 @@ _TITLE_B = "Harbor Road Summer Kingdom Letter Garden Mirror Station Promise Stor
 
 
 def movielens_truth(seed: int = 42, n_users: int = 300, n_movies: int = 400, n_factors: int = 5) -> dict:
-    "The latent factors and biases the MovieLens twins' ratings are made from (chapter 8)."
+    "The latent factors and biases the MovieLens twins' ratings are made from (used in chapter 8)."
     rng = _rng(seed, "ml-truth")
     genres = rng.random((n_movies, len(ML_GENRES))) < 0.12
     action = rng.random(n_movies) < 0.45  # action-like movies against drama-like ones
@@ -47,7 +47,7 @@ def _ml_ratings(rng, truth: dict, per_user: tuple):
 
 
 def make_ml_100k(dest: Path, seed: int = 42) -> Path:
-    "Twin of MovieLens 100k: `ml-100k/u.data`, `u.item`, `u.user`, `u.genre`, `u.info` from known latent factors (chapter 8)."
+    "Twin of MovieLens 100k: `ml-100k/u.data`, `u.item`, `u.user`, `u.genre`, `u.info` from known latent factors (used in chapter 8)."
     truth = movielens_truth(seed)
     rng = _rng(seed, "ml-100k")
     root = Path(dest) / "ml-100k"
@@ -80,7 +80,7 @@ def make_ml_100k(dest: Path, seed: int = 42) -> Path:
 
 
 def make_ml_sample(dest: Path, seed: int = 42) -> Path:
-    "Twin of fast.ai's MovieLens sample: `movie_lens_sample/ratings.csv` (userId, movieId, rating, timestamp) (chapter 1)."
+    "Twin of fast.ai's MovieLens sample: `movie_lens_sample/ratings.csv` (userId, movieId, rating, timestamp) (used in chapter 1)."
     truth = movielens_truth(seed, n_users=100, n_movies=60)
     rng = _rng(seed, "movie_lens_sample")
     user_ids = np.sort(rng.choice(np.arange(1, 672), 100, replace=False))

@@ -20,7 +20,7 @@ _EDUCATION = ["Preschool", "1st-4th", "5th-6th", "7th-8th", "9th", "10th", "11th
 
 
 def make_adult_sample(dest: Path, seed: int = 42, n: int = 3000) -> Path:
-    "Twin of the Adult sample: `adult_sample/adult.csv` with the real columns and a learnable `salary` (chapter 1)."
+    "Twin of the Adult sample: `adult_sample/adult.csv` with the real columns and a learnable `salary` (used in chapter 1)."
     import pandas as pd
     rng = _rng(seed, "adult_sample")
     pick = lambda values, p, size=n: rng.choice(values, size, p=np.array(p) / np.sum(p))
@@ -75,7 +75,7 @@ BULLDOZER_COLUMNS = ["SalesID", "SalePrice", "MachineID", "ModelID", "datasource
 
 
 def bulldozers_effects() -> dict:
-    "The effects (on log SalePrice) the Bulldozers twin is built from (chapter 9)."
+    "The effects (on log SalePrice) the Bulldozers twin is built from (used in chapter 9)."
     return {
         "base": 10.0,
         "ProductGroup": {"TEX": 0.45, "WL": 0.35, "TTT": 0.3, "BL": 0.0, "SSL": -0.5, "MG": 0.55},
@@ -90,7 +90,7 @@ def bulldozers_effects() -> dict:
 
 
 def make_bulldozers(dest: Path, seed: int = 42, n: int = 4000, n_test: int = 400) -> Path:
-    "Twin of the Bulldozers data: `bluebook/TrainAndValid.csv`, `Valid.csv`, `ValidSolution.csv`, `Test.csv` (chapter 9)."
+    "Twin of the Bulldozers data: `bluebook/TrainAndValid.csv`, `Valid.csv`, `ValidSolution.csv`, `Test.csv` (used in chapter 9)."
     import pandas as pd
     rng = _rng(seed, "bluebook")
     fx = bulldozers_effects()

@@ -20,7 +20,7 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 
 def number_words(n: int) -> str:
-    "1 <= n <= 9999 in English words as Human Numbers writes them: 'four thousand two hundred seven' (chapter 12)."
+    "1 <= n <= 9999 in English words as Human Numbers writes them: 'four thousand two hundred seven' (used in chapter 12)."
     assert 1 <= n <= 9999, n
     words = []
     if n >= 1000: words += [_ONES[n // 1000], "thousand"]; n %= 1000
@@ -31,7 +31,7 @@ def number_words(n: int) -> str:
 
 
 def make_human_numbers(dest: Path, seed: int = 42) -> Path:
-    "Human Numbers, generated exactly: one number per line ('one \\n'), 1-7999 in train.txt, 8001-9999 in valid.txt (chapter 12)."
+    "Human Numbers, generated exactly: one number per line ('one \\n'), 1-7999 in train.txt, 8001-9999 in valid.txt (used in chapter 12)."
     root = Path(dest) / "human_numbers"
     root.mkdir(parents=True, exist_ok=True)
     for fname, numbers in (("train.txt", range(1, 8000)), ("valid.txt", range(8001, 10000))):
@@ -93,7 +93,7 @@ def make_imdb(dest: Path, seed: int = 42, n_per_class: int = 300, n_unsup: int =
 
 
 def make_imdb_sample(dest: Path, seed: int = 42, n: int = 500) -> Path:
-    "Twin of IMDb sample: `texts.csv` with columns label (positive/negative), text, is_valid (chapter 10)."
+    "Twin of IMDb sample: `texts.csv` with columns label (positive/negative), text, is_valid (used in chapter 10)."
     rng = _rng(seed, "imdb_sample")
     rows = []
     for i in range(n):

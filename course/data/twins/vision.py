@@ -52,7 +52,7 @@ def _split(rng, n: int, valid_frac: float):
 
 
 def _handwritten_28(img8: np.ndarray, rng) -> Image.Image:
-    "A new MNIST-like 28x28 rendering of an 8x8 digit (values 0..16): random slant, shape, wobble and pen width (chapter 4)."
+    "A new MNIST-like 28x28 rendering of an 8x8 digit (values 0..16): random slant, shape, wobble and pen width (used in chapter 4)."
     big = Image.fromarray((np.clip(img8, 0, 16) * (255 / 16)).astype(np.uint8)).resize((32, 32), Image.BICUBIC)
     S = 64  # work on a 64x64 canvas, so that rotated and stretched digits are not clipped
     canvas = Image.new("L", (S, S), 0)
@@ -93,7 +93,7 @@ def _handwritten_28(img8: np.ndarray, rng) -> Image.Image:
 
 
 def make_mnist_sample(dest: Path, seed: int = 42, n_train: int = 10, n_valid: int = 4) -> Path:
-    "Twin of MNIST_SAMPLE: new renderings of scikit-learn's handwritten 3s and 7s as 28x28 PNGs; valid from unseen digits (chapter 4)."
+    "Twin of MNIST_SAMPLE: new renderings of scikit-learn's handwritten 3s and 7s as 28x28 PNGs; valid from unseen digits (used in chapter 4)."
     rng = _rng(seed, "mnist_sample")
     images, labels = _digits()
     root = Path(dest) / "mnist_sample"
@@ -113,7 +113,7 @@ def make_mnist_sample(dest: Path, seed: int = 42, n_train: int = 10, n_valid: in
 
 
 def make_mnist(dest: Path, seed: int = 42) -> Path:
-    "Twin of MNIST: all ten digits from scikit-learn, 28x28 PNGs in `mnist_png/{training,testing}/<digit>/` (chapter 13)."
+    "Twin of MNIST: all ten digits from scikit-learn, 28x28 PNGs in `mnist_png/{training,testing}/<digit>/` (used in chapter 13)."
     rng = _rng(seed, "mnist")
     images, labels = _digits()
     root = Path(dest) / "mnist_png"
@@ -341,7 +341,7 @@ _BEARS = {  # look: fur, second colour, pattern, size, legs, snout, ears
 
 
 def make_bears(dest: Path, seed: int = 42, per_class: int = 40) -> Path:
-    "A stand-in for chapter 2's searched images: `bears/{grizzly,black,teddy}/<n>.jpg` (chapter 2)."
+    "A stand-in for chapter 2's searched images: `bears/{grizzly,black,teddy}/<n>.jpg` (used in chapter 2)."
     rng = _rng(seed, "bears")
     root = Path(dest) / "bears"
     for kind, look in _BEARS.items():
@@ -462,12 +462,12 @@ def make_imagenette_160(dest: Path, seed: int = 42) -> Path:
 
 
 def make_imagenette_320(dest: Path, seed: int = 42) -> Path:
-    "Twin of Imagenette 320 px: as the 160 px twin, shortest side 320 (chapter 7)."
+    "Twin of Imagenette 320 px: as the 160 px twin, shortest side 320 (used in chapter 7)."
     return _make_imagenette(dest, "imagenette2-320", seed, 320, 12, 5)
 
 
 def make_imagenette(dest: Path, seed: int = 42) -> Path:
-    "Twin of full-size Imagenette: as the 160 px twin, shortest side 300-400 px (chapter 7)."
+    "Twin of full-size Imagenette: as the 160 px twin, shortest side 300-400 px (used in chapter 7)."
     return _make_imagenette(dest, "imagenette2", seed, None, 12, 5)
 
 # %% ../../../nbs/lib/04_twins.ipynb #c0017
@@ -503,7 +503,7 @@ def _pascal_look(k: int):
 
 
 def make_pascal_2007(dest: Path, seed: int = 42, n_train: int = 400, n_test: int = 100) -> Path:
-    "Twin of PASCAL 2007: pictures of 1-3 coloured shapes, `train.csv` (fname, labels, is_valid) and COCO-style json (chapter 6)."
+    "Twin of PASCAL 2007: pictures of 1-3 coloured shapes, `train.csv` (fname, labels, is_valid) and COCO-style json (used in chapter 6)."
     rng = _rng(seed, "pascal_2007")
     root = Path(dest) / "pascal_2007"
     numbers = iter(np.sort(rng.choice(np.arange(1, 10000), n_train + n_test, replace=False)))
@@ -573,7 +573,7 @@ def _head_pose(rng):
 
 
 def make_biwi_head_pose(dest: Path, seed: int = 42, people: int = 24, frames: int = 10) -> Path:
-    "Twin of BIWI head pose: `<nn>/frame_<n>_rgb.jpg` + `_pose.txt` + `rgb.cal` per person (chapter 6)."
+    "Twin of BIWI head pose: `<nn>/frame_<n>_rgb.jpg` + `_pose.txt` + `rgb.cal` per person (used in chapter 6)."
     rng = _rng(seed, "biwi_head_pose")
     root = Path(dest) / "biwi_head_pose"
     for p in range(1, people + 1):
@@ -590,7 +590,7 @@ def make_biwi_head_pose(dest: Path, seed: int = 42, people: int = 24, frames: in
 
 
 def make_biwi_sample(dest: Path, seed: int = 42, n: int = 200) -> Path:
-    "Twin of fast.ai's BIWI sample: `images/*.jpg` and `centers.pkl` (file name -> tensor([y, x])) (chapter 6)."
+    "Twin of fast.ai's BIWI sample: `images/*.jpg` and `centers.pkl` (file name -> tensor([y, x])) (used in chapter 6)."
     import pickle
     import torch  # the real centers.pkl holds torch tensors
     rng = _rng(seed, "biwi_sample")
@@ -676,5 +676,5 @@ def make_camvid_tiny(dest: Path, seed: int = 42) -> Path:
 
 
 def make_camvid(dest: Path, seed: int = 42) -> Path:
-    "Twin of CamVid: as the tiny twin with 160 larger scenes and `valid.txt` (chapter 15)."
+    "Twin of CamVid: as the tiny twin with 160 larger scenes and `valid.txt` (used in chapter 15)."
     return _make_camvid(dest, "camvid", seed, 160, 192, 144, True)

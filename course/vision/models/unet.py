@@ -9,17 +9,17 @@ from torch import nn
 import torch
 import torch.nn.functional as F
 
-from ...layers import conv_bn_relu
+from ...layers import conv
 
 # %% auto #0
 __all__ = ['UpBlock', 'feature_taps', 'UNet']
 
 # %% ../../../nbs/15_architectures.ipynb #c0046s1
 class UpBlock(nn.Module):
-    "Upsample to the skip connection's size, concatenate it, two conv_bn_relu: (B, ni) + (B, n_skip) -> (B, nf) (chapter 15)."
+    "Upsample to the skip connection's size, concatenate it, two 3x3 conv blocks with batch norm: (B, ni) + (B, n_skip) -> (B, nf) (chapter 15)."
     def __init__(self, ni, n_skip, nf):
         super().__init__()
-        self.convs = nn.Sequential(conv_bn_relu(ni + n_skip, nf), conv_bn_relu(nf, nf))
+        self.convs = nn.Sequential(conv(ni + n_skip, nf, stride=1, bn=True), conv(nf, nf, stride=1, bn=True))
 
     def forward(self, x, skip):
         # Interpolating to the skip's exact size (not just x2) handles inputs whose sides are not multiples of 32.
@@ -50,7 +50,7 @@ class UNet(nn.Module):
         self.encoder = encoder
         self.taps, chans = feature_taps(encoder, c_in=c_in)
         # chans: channels at each tap, finest grid first, e.g. resnet18 [64, 64, 128, 256, 512] at strides 2..32.
-        self.middle = conv_bn_relu(chans[-1], chans[-1])
+        self.middle = conv(chans[-1], chans[-1], stride=1, bn=True)
         ups, ni = [], chans[-1]
         for n_skip in reversed(chans[:-1]):
             nf = max(n_skip, 32)

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...layers import conv_bn
+from ...layers import conv
 
 # %% auto #0
 __all__ = ['xresnet_stem', 'ResBlock', 'xresnet', 'xresnet18', 'xresnet34', 'xresnet50', 'xresnet101', 'xresnet152']
 
 # %% ../../../nbs/14_resnets.ipynb #c0032
 def xresnet_stem(c_in=3, nf=64, deep=True):
-    "The stem: three 3x3 conv_bn (c_in -> nf/2 -> nf/2 -> nf, the first stride 2), or one 7x7, then a stride-2 max pool (chapter 14)."
-    if deep: convs = [conv_bn(c_in, nf // 2, stride=2), conv_bn(nf // 2, nf // 2), conv_bn(nf // 2, nf)]
-    else: convs = [conv_bn(c_in, nf, 7, stride=2)]                   # the original ResNet's stem
+    "The stem: three 3x3 conv blocks (c_in -> nf/2 -> nf/2 -> nf, the first stride 2), or one 7x7, then a stride-2 max pool (chapter 14)."
+    if deep: convs = [conv(c_in, nf // 2, stride=2, bn=True, kaiming=True), conv(nf // 2, nf // 2, stride=1, bn=True, kaiming=True),
+                      conv(nf // 2, nf, stride=1, bn=True, kaiming=True)]
+    else: convs = [conv(c_in, nf, 7, stride=2, bn=True, kaiming=True)]   # the original ResNet's stem
     # (B, c_in, H, W) -> (B, nf, H/4, W/4)
     return nn.Sequential(*convs, nn.MaxPool2d(3, stride=2, padding=1))
+
 
 # %% ../../../nbs/14_resnets.ipynb #c0039
 class ResBlock(nn.Module):
@@ -29,15 +31,17 @@ class ResBlock(nn.Module):
         # block starts as (nearly) the identity.
         if bottleneck:
             nh = nf // 4  # the narrow middle width
-            self.convs = nn.Sequential(conv_bn(ni, nh, 1), conv_bn(nh, nh, 3, stride=stride),
-                                       conv_bn(nh, nf, 1, act=False, zero_bn=True))
+            self.convs = nn.Sequential(conv(ni, nh, 1, stride=1, bn=True, kaiming=True),
+                                       conv(nh, nh, 3, stride=stride, bn=True, kaiming=True),
+                                       conv(nh, nf, 1, stride=1, act=False, bn=True, zero_bn=True, kaiming=True))
         else:
-            self.convs = nn.Sequential(conv_bn(ni, nf, 3, stride=stride), conv_bn(nf, nf, 3, act=False, zero_bn=True))
+            self.convs = nn.Sequential(conv(ni, nf, 3, stride=stride, bn=True, kaiming=True),
+                                       conv(nf, nf, 3, stride=1, act=False, bn=True, zero_bn=True, kaiming=True))
         # shortcut: the same shape change, doing as little as possible; empty (the identity) when shapes match.
         shortcut = []
         if stride != 1 and pool_shortcut: shortcut.append(nn.AvgPool2d(2, ceil_mode=True))  # keep every pixel
         if ni != nf or (stride != 1 and not pool_shortcut):
-            shortcut.append(conv_bn(ni, nf, 1, stride=1 if pool_shortcut else stride, act=False))
+            shortcut.append(conv(ni, nf, 1, stride=1 if pool_shortcut else stride, act=False, bn=True, kaiming=True))
         self.shortcut = nn.Sequential(*shortcut)
         self.act = nn.ReLU(inplace=True)
 
