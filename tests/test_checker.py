@@ -19,7 +19,8 @@ from course.quiz import keys as qkeys
 from course.tools.progress import load_progress, run_progress
 from course.quiz.keys import (NotebookError, compile_keys, decode_keys, load_keys, notebook_questions, parse_key_cell, validate_key, write_keys)
 from course.quiz import check
-from course.quiz.checker import check_model_answers, check_notebook, lint_questionnaire, run_check
+from course.quiz.checker import check_model_answers, check_notebook, lint_questionnaire
+from course.tools.progress import run_check
 from course.quiz.grading import grade, model_answer
 
 REPO = Path(__file__).resolve().parents[1]
