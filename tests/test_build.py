@@ -117,3 +117,17 @@ def test_execute_runs_a_copy_and_reports_the_failing_cell(mini_repo, monkeypatch
     (mini_repo / "nbs" / "app_b_bad.ipynb").write_text(json.dumps(slow))
     with pytest.raises(BuildError, match="still running after 3 s"):
         execute_notebook(mini_repo / "nbs" / "app_b_bad.ipynb", timeout=3)
+
+
+def test_shipped_stripped_notebooks_keep_no_prose_outside_the_questionnaire():
+    "A stripped notebook shows headings only, until its questionnaire: no recap, sidebar or explanation leaks in."
+    from course.tools.build import _heading_level
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "stripped").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            if cell["cell_type"] != "markdown": continue
+            text = "".join(cell["source"])
+            head, sep, _ = text.partition("## Questionnaire")
+            prose = [line for line in head.splitlines() if line.strip() and not _heading_level(line)]
+            assert not prose, f"{path.name}: a markdown cell keeps prose: {prose[0][:80]!r}"
+            if sep: break  # the questionnaire keeps its questions

@@ -223,16 +223,30 @@ def make_full(nb: dict, executed: dict | None = None, previous: dict | None = No
     return _new_nb(cells)
 
 
+def _quiz_part(source: str, started_inside: bool) -> tuple[str, str]:
+    "A markdown cell split into (text before its `## Questionnaire` heading, text from it on); all quiz if it starts inside."
+    if started_inside: return "", source
+    lines = source.splitlines(keepends=True)
+    for k, line in enumerate(lines):
+        if _heading_level(line) == 2 and line.strip("# \n").lower() == "questionnaire":
+            return "".join(lines[:k]), "".join(lines[k:])
+    return "", source
+
+
 def make_stripped(nb: dict) -> dict:
     "The stripped notebook of chapter source `nb`: headings, code cells without outputs, and the questionnaire."
     cells, src_cells = [], nb["cells"]
     ids = _stable_ids(src_cells)
-    for c, cid, in_quiz in zip(src_cells, ids, questionnaire_flags(src_cells)):
+    flags = questionnaire_flags(src_cells)
+    for k, (c, cid, in_quiz) in enumerate(zip(src_cells, ids, flags)):
         if is_dropped(c): continue
         if c["cell_type"] == "code":
             cells.append(_code(cid, strip_directives(c["source"])))
         elif in_quiz:
-            cells.append({"cell_type": "markdown", "id": cid, "metadata": {}, "source": c["source"]})
+            # A cell that ends in the questionnaire may begin with prose (a recap): keep only that part's headings.
+            before, quiz = _quiz_part(c["source"], k > 0 and flags[k - 1])
+            source = "\n\n".join(heading_lines(before) + [quiz])
+            cells.append({"cell_type": "markdown", "id": cid, "metadata": {}, "source": source})
         else:
             heads = heading_lines(c["source"])
             if heads: cells.append({"cell_type": "markdown", "id": cid, "metadata": {}, "source": "\n\n".join(heads)})
