@@ -45,11 +45,21 @@ def _setting(env: str, key: str, default: Path) -> Path:
     return Path(value).expanduser() if value else default
 
 
-def repo_root() -> Path | None:
-    "The course repository this package was installed from (editable install), or None."
+def _is_course_repo(folder: Path) -> bool:
+    settings = folder / "settings.ini"
+    if not settings.is_file() or not (folder / "nbs").is_dir(): return False
+    try: return "lib_name = course" in settings.read_text(encoding="utf-8", errors="replace")
+    except OSError: return False
+
+
+def repo_root(start: Path | None = None) -> Path | None:
+    "The course repository holding `start` (default: the working folder), else the one this package was installed from, else None."
     import course
-    root = Path(course.__file__).resolve().parents[1]
-    return root if (root / "settings.ini").is_file() and (root / "nbs").is_dir() else None
+    here = Path(start or Path.cwd()).resolve()
+    # The working folder comes first: with two clones, `course` run inside one of them works on that one.
+    for folder in [here, *here.parents, Path(course.__file__).resolve().parents[1]]:
+        if _is_course_repo(folder): return folder
+    return None
 
 
 def data_dir() -> Path:
@@ -57,9 +67,9 @@ def data_dir() -> Path:
     return _setting("COURSE_DATA", "data", course_home() / "data")
 
 
-def workspace_dir() -> Path:
-    "Where `course start` copies chapters for you to fill in (`COURSE_WORKSPACE`, config `workspace`)."
-    root = repo_root()
+def workspace_dir(root: Path | None = None) -> Path:
+    "Where `course start` copies chapters for you (`COURSE_WORKSPACE`, config `workspace`, else `workspace/` in the repository `root` or `repo_root()`)."
+    root = root or repo_root()
     return _setting("COURSE_WORKSPACE", "workspace", (root or Path.cwd()) / "workspace")
 
 # %% ../nbs/lib/00_config.ipynb #c0011

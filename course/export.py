@@ -8,85 +8,125 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import pickle
 from pathlib import Path
 
 from torch import nn
 import torch
+import torch.nn.functional as F
 
+from .layers import tiny_cnn
 from .learner import Learner
-from .utils import atomic_write
+from .utils import atomic_write, FACTORIES, LOSSES, register_factory, register_loss, registered_name
 
 # %% auto #0
-__all__ = ['TRUSTED_FACTORIES', 'qualified_name', 'import_name', 'build_model', 'describe_model', 'rebuild_model', 'load_learner', 'export']
+__all__ = ['build_model', 'describe_model', 'rebuild_model', 'load_learner', 'export']
 
-# %% ../nbs/19_learner.ipynb #c0107
-def qualified_name(obj):
-    "'module:name' for a function or class that can be imported by that name, else None (chapter 19)."
-    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not module or not qualname or module == "__main__" or "<" in qualname: return None
-    try: found = import_name(f"{module}:{qualname}")
-    except (ImportError, AttributeError): return None
-    return f"{module}:{qualname}" if found is obj else None
-
-
-def import_name(name):
-    "Import and return the object named 'module:qualname' (chapter 19)."
-    module, _, qualname = name.partition(":")
-    obj = importlib.import_module(module)
-    for part in qualname.split("."): obj = getattr(obj, part)
-    return obj
-
-
+# %% ../nbs/19_learner.ipynb #c0107b
 def build_model(factory, **kwargs):
     "Call `factory(**kwargs)` and remember how, so that `Learner.export` can describe the model (chapter 19)."
     model = factory(**kwargs)
-    model.build_spec = {"factory": qualified_name(factory) or repr(factory), "kwargs": kwargs}
+    model.build_spec = {"factory": factory, "kwargs": kwargs}
     return model
 
 
 def describe_model(model):
-    "The JSON-able description of a model made by `build_model`, or an error saying why there is none (chapter 19)."
+    "The JSON-able description of a model made by `build_model` with a registered builder, or an error saying why there is none (chapter 19)."
     spec = getattr(model, "build_spec", None)
     if spec is None:
         raise ValueError(f"Cannot describe this {type(model).__name__}: export needs to know how to rebuild it. Build it "
-                         "with `build_model(factory, **kwargs)`, where `factory` is a function or nn.Module class "
-                         "importable from a module and the kwargs are JSON values; or save only the weights with `learn.save`.")
-    if ":" not in spec["factory"]:
-        raise ValueError(f"Cannot describe this model: its factory {spec['factory']} cannot be imported by name (it was "
-                         "defined in a notebook, a script or a function). Move it into a module and import it from there.")
-    try: json.dumps(spec["kwargs"])
-    except TypeError as e:
-        raise ValueError(f"Cannot describe this model: the arguments of {spec['factory']} are not JSON values ({e}). "
+                         "with `build_model(factory, **kwargs)`, where `factory` is a registered model builder and the "
+                         "kwargs are JSON values; or save only the weights with `learn.save`.")
+    name = registered_name(FACTORIES, spec["factory"])
+    if name is None:
+        raise ValueError(f"Cannot describe this model: {spec['factory']!r} is not a registered model builder, and "
+                         "load_learner calls nothing else. Register it with `register_factory` in the module that defines "
+                         "it (and import that module wherever you load the file).")
+    try: json.dumps(spec["kwargs"], allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Cannot describe this model: the arguments of {name} are not JSON values ({e}). "
                          "Pass numbers, strings, lists and dicts, and build anything else inside the factory.") from None
-    return {"factory": spec["factory"], "kwargs": spec["kwargs"]}
+    return {"factory": name, "kwargs": spec["kwargs"]}
+
 
 # %% ../nbs/19_learner.ipynb #c0113
-TRUSTED_FACTORIES = ("course.", "torchvision.models", "torch.nn.modules")
+for _builder in (nn.Linear, tiny_cnn): register_factory(_builder)  # builders this chapter uses
+for _loss in (F.cross_entropy, F.nll_loss, F.binary_cross_entropy_with_logits, F.binary_cross_entropy, F.mse_loss,
+              F.l1_loss, F.smooth_l1_loss):
+    register_loss(_loss)
 
 
-def rebuild_model(desc, trusted=()):
-    "Build the model a description names, calling only factories from trusted modules (chapter 19)."
-    name = desc["factory"]
-    if not name.startswith(TRUSTED_FACTORIES + tuple(trusted)):
-        raise ValueError(f"The file asks for a model built by {name}, which is not a trusted factory. If you trust the "
-                         f"file and that code, pass trusted=['{name.split(':')[0]}'] to load_learner.")
-    model = import_name(name)(**desc["kwargs"])
-    if not isinstance(model, nn.Module): raise TypeError(f"{name} returned a {type(model).__name__}, not an nn.Module.")
-    model.build_spec = {"factory": name, "kwargs": desc["kwargs"]}
+def _lookup(table, name, what):
+    "The function registered as `name` in `table`; a name inside the course package imports that module first."
+    module = name.partition(":")[0].split(".")
+    if name not in table and module[0] == "course" and all(p.isidentifier() and not p.startswith("_") for p in module):
+        try: importlib.import_module(".".join(module))  # our own modules register their builders when imported
+        except ImportError: pass
+    if name not in table:
+        raise ValueError(f"The file asks for the {what} {name[:200]!r}, which is not registered, so it is not called: "
+                         "load_learner calls only registered functions. If you made the file with a builder of your "
+                         "own, import the module that registers it, then load again.")
+    return table[name]
+
+
+def _keys(x):
+    "Every dictionary key inside the JSON value `x`."
+    if isinstance(x, dict): return [k for key, v in x.items() for k in [key, *_keys(v)]]
+    return [k for v in x for k in _keys(v)] if isinstance(x, list) else []
+
+
+def rebuild_model(desc, weights):
+    "Build the model `desc` describes with its registered builder, once the meta device shows that `weights` fit it (chapter 19)."
+    name, kwargs = desc["factory"], desc["kwargs"]
+    factory = _lookup(FACTORIES, name, "model builder")
+    bad = [k for k in _keys(kwargs) if not k.isidentifier() or k.startswith("_") or k == "weights_only"]
+    if bad: raise ValueError(f"The file passes {name} arguments it may not set: {bad[:5]}.")
+    if "pretrained" in kwargs: kwargs = {**kwargs, "pretrained": False}  # the weights come from the file, not a download
+    try:
+        with torch.device("meta"): shapes = {k: tuple(v.shape) for k, v in factory(**kwargs).state_dict().items()}
+    except Exception as e:
+        raise ValueError(f"{name} cannot build a model from the file's arguments ({type(e).__name__}: {e}).") from None
+    if shapes != {k: tuple(v.shape) for k, v in weights.items()}:
+        raise ValueError(f"The weights in the file do not fit the model it describes ({name} with {kwargs}): "
+                         "the file is damaged or was edited. Export the learner again.")
+    model = factory(**kwargs)
+    model.build_spec = {"factory": factory, "kwargs": kwargs}
     return model
 
 
-def load_learner(fname, device=None, trusted=()):
-    "Rebuild a Learner for inference from a file written by `Learner.export`; nothing is unpickled (chapter 19)."
-    state = torch.load(fname, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "description" not in state:
-        raise ValueError(f"{fname} was not written by Learner.export (it has no description).")
-    desc = json.loads(state["description"])
-    model = rebuild_model(desc["model"], trusted)
-    model.load_state_dict(state["model"])
-    loss_func = None
-    if desc.get("loss_func") and desc["loss_func"].startswith(("torch.nn.functional:", "course.")):
-        loss_func = import_name(desc["loss_func"])
+def _no_constant(c): raise ValueError(f"{c} is not a JSON number")
+
+
+def _read_export(fname):
+    "The description and weights in `fname`, checked; a clear error for anything that is not a course export."
+    def bad(why): return ValueError(f"{fname} is not an export of a course Learner: {why}. Export it again with learn.export().")
+    if not Path(fname).is_file(): raise FileNotFoundError(f"{fname} is not a file: pass the path learn.export() returned.")
+    try: state = torch.load(fname, map_location="cpu", weights_only=True)  # tensors and plain values only
+    except pickle.UnpicklingError:
+        raise bad("it holds pickled Python objects besides tensors, which could run code when loaded, so it is not read") from None
+    except Exception as e: raise bad(f"it cannot be read ({type(e).__name__}: {str(e).strip()[:150]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("description"), str): raise bad("it has no description")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise bad("its weights are not a dictionary of tensors")
+    if len(state["description"]) > 1_000_000: raise bad("its description is over a million characters")
+    try: desc = json.loads(state["description"], parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e: raise bad(f"its description is not JSON ({str(e)[:100]})") from None
+    ok = (isinstance(desc, dict) and desc.get("format") == "course.learner" and isinstance(desc.get("model"), dict)
+          and isinstance(desc["model"].get("factory"), str) and isinstance(desc["model"].get("kwargs"), dict)
+          and isinstance(desc.get("loss_func"), (str, type(None))) and isinstance(desc.get("activation"), (str, type(None)))
+          and (desc.get("vocab") is None or isinstance(desc["vocab"], list) and all(isinstance(v, str) for v in desc["vocab"])))
+    if not ok: raise bad("its description lacks the fields export writes, or holds values of the wrong kind")
+    if desc.get("version") != 1: raise bad(f"it is version {desc.get('version')!r} of the format, and this course reads version 1")
+    return desc, weights
+
+
+def load_learner(fname, device=None):
+    "Rebuild a Learner for inference from a file written by `Learner.export`; nothing is unpickled, only registered builders run (chapter 19)."
+    desc, weights = _read_export(fname)
+    model = rebuild_model(desc["model"], weights)
+    model.load_state_dict(weights)
+    loss_func = None if desc["loss_func"] is None else _lookup(LOSSES, desc["loss_func"], "loss function")
     learn = Learner(None, model, loss_func=loss_func, device=device, progress=False)
     learn.activation, learn.vocab = desc["activation"], desc["vocab"]
     return learn
@@ -95,7 +135,7 @@ def load_learner(fname, device=None, trusted=()):
 def export(self, fname="export.pth"):
     "Save what inference needs, with no pickled code: the weights and a JSON description of model and labels (chapter 19)."
     desc = {"format": "course.learner", "version": 1, "model": describe_model(self.model),
-            "loss_func": qualified_name(self.loss_func), "activation": self.activation,
+            "loss_func": registered_name(LOSSES, self.loss_func), "activation": self.activation,
             "vocab": None if self.vocab is None else [str(v) for v in self.vocab]}
     file = Path(fname) if Path(fname).is_absolute() else self.path / fname
     weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

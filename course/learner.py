@@ -229,8 +229,11 @@ def fit_one_cycle(self, n_epoch, lr_max=None, div=25.0, div_final=1e5, pct_start
     "Train with the learning rate warming up to `lr_max` then annealing to almost 0, momentum the opposite (chapter 19)."
     if self.opt is None: self.create_opt()
     lr_maxs = group_lrs(self.lr if lr_max is None else lr_max, len(self.opt.param_groups))
-    scheds = {"lr": [one_cycle_sched(lr / div, lr, lr / div_final, pct_start) for lr in lr_maxs],
-              "mom": [one_cycle_sched(*moms, pct_start)] * len(lr_maxs)}
+    total = n_epoch * len(self.dls.train)
+    # The peak falls on batch pct_start * total - 1 (counting from 0), where PyTorch's OneCycleLR puts it.
+    peak = min(max((pct_start * total - 1) / max(total - 1, 1), 0.0), 1.0)
+    scheds = {"lr": [one_cycle_sched(lr / div, lr, lr / div_final, peak) for lr in lr_maxs],
+              "mom": [one_cycle_sched(*moms, peak)] * len(lr_maxs)}
     self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + _listify(cbs))
 
 

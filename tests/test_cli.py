@@ -3,11 +3,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from course.tools import cli
 from course.tools.build import build
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=None, env=None):
@@ -43,6 +46,55 @@ def test_start_copies_and_never_overwrites(mini_repo, tmp_path, capsys):
     cli.start_chapter("01_demo", ws, force=True, root=mini_repo)
     backups = list(ws.glob("01_demo.*.bak.ipynb"))
     assert len(backups) == 1 and backups[0].read_bytes() == mine, "the learner's work is kept on --force"
+
+
+def test_two_forced_starts_in_one_second_keep_both_copies(mini_repo, tmp_path, monkeypatch, capsys):
+    build(mini_repo, log=lambda *a: None)
+    ws = tmp_path / "ws"
+    dest = cli.start_chapter("1", ws, root=mini_repo)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt, *a: "20261201-120000")  # both runs in the same second
+    versions = []
+    for i in range(3):
+        dest.write_text(dest.read_text() + " " * (i + 1))
+        versions.append(dest.read_bytes())
+        cli.start_chapter("1", ws, force=True, root=mini_repo)
+    kept = sorted(p.read_bytes() for p in ws.glob("01_demo.*.bak.ipynb"))
+    assert kept == sorted(versions), "every forced start keeps the copy it replaces"
+    assert dest.read_bytes() == (mini_repo / "stripped" / "01_demo.ipynb").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "link to a file", "folder"])
+def test_start_never_writes_through_what_is_at_the_copy(mini_repo, tmp_path, kind):
+    build(mini_repo, log=lambda *a: None)
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    ws.mkdir(); outside.mkdir()
+    target, dest = outside / "victim.ipynb", ws / "01_demo.ipynb"
+    if kind == "link to a file": target.write_text("someone else's file")
+    if kind == "folder": dest.mkdir()
+    else: dest.symlink_to(target)
+    before = {p: p.read_bytes() for p in outside.iterdir()}
+    for force in (False, True):
+        with pytest.raises(cli.CourseError, match="link or a folder"):
+            cli.start_chapter("1", ws, force=force, root=mini_repo)
+    assert {p: p.read_bytes() for p in outside.iterdir()} == before
+    assert sorted(p.name for p in ws.iterdir()) == ["01_demo.ipynb"]
+
+
+def test_the_working_folder_picks_the_clone(mini_repo, tmp_path, monkeypatch):
+    "With two clones, `course` run inside one works on that one, whichever the package was installed from."
+    from course.config import repo_root, workspace_dir
+    from course.tools.build import find_root
+    build(mini_repo, log=lambda *a: None)
+    monkeypatch.chdir(mini_repo / "nbs")
+    assert repo_root() == find_root() == mini_repo and workspace_dir() == mini_repo / "workspace"
+    installed_ws = REPO / "workspace"
+    before = sorted(installed_ws.iterdir()) if installed_ws.is_dir() else None
+    env = dict(os.environ, COURSE_HOME=str(tmp_path / "home"))
+    env.pop("COURSE_WORKSPACE", None)
+    proc = run("start", "1", cwd=mini_repo, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (mini_repo / "workspace" / "01_demo.ipynb").is_file()
+    assert (sorted(installed_ws.iterdir()) if installed_ws.is_dir() else None) == before
 
 
 def test_start_bad_input_is_one_line(mini_repo, tmp_path):

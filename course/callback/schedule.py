@@ -53,7 +53,8 @@ class ParamScheduler(Callback):
     def before_batch(self):
         learn = self.learn
         if not learn.training: return
-        pos = (learn.epoch + learn.iter / learn.n_iter) / learn.n_epoch  # fraction of training done, 0 to 1
+        step, total = learn.epoch * learn.n_iter + learn.iter, learn.n_epoch * learn.n_iter
+        pos = step / max(total - 1, 1)  # 0 on the first batch, 1 on the last: the last batch trains at the final value
         for name, scheds in self.scheds.items():
             for pg, sched in zip(learn.opt.param_groups, scheds):
                 if name == "lr": pg["lr"] = sched(pos)

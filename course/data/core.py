@@ -106,7 +106,13 @@ class Categorize(Transform):
 
     def setup(self, items):
         if self.vocab is None:
-            self.vocab = sorted(set(items))
+            labels = set(items)
+            kinds = sorted({type(o).__name__ for o in labels})
+            try: self.vocab = sorted(labels)
+            except TypeError:  # 3 and "3", or a label and a missing value (nan), cannot be put in order
+                examples = ", ".join(repr(next(o for o in labels if type(o).__name__ == k)) for k in kinds)
+                raise ValueError(f"The labels mix types that cannot be sorted ({', '.join(kinds)}; e.g. {examples}). Make "
+                                 "them one type, e.g. get_y=lambda o: str(label_of(o)), and drop items with missing labels.") from None
             self.o2i = {v: i for i, v in enumerate(self.vocab)}
 
     def encodes(self, o):
@@ -180,6 +186,7 @@ class TfmdLists:
         self.tfms = Pipeline(tfms)
         self.splits = [list(s) for s in splits] if splits is not None else [list(range(len(self.items)))]
         self.split_idx = split_idx  # 0 training, 1 validation, None not split
+        self._subsets = {}  # built once, on first use
         if do_setup: self.tfms.setup(self.train.items)
 
     def __len__(self): return len(self.items)
@@ -193,7 +200,9 @@ class TfmdLists:
         "Split `i` (0 training, 1 validation) as a TfmdLists sharing these transforms."
         if i >= len(self.splits):
             raise IndexError(f"There is no split {i}: pass splits=(train_indices, valid_indices) when you create the list.")
-        return TfmdLists([self.items[j] for j in self.splits[i]], self.tfms, split_idx=i, do_setup=False)
+        if i not in self._subsets:
+            self._subsets[i] = TfmdLists([self.items[j] for j in self.splits[i]], self.tfms, split_idx=i, do_setup=False)
+        return self._subsets[i]
 
     @property
     def train(self): return self.subset(0)
@@ -366,7 +375,9 @@ class TfmdDL:
             # A batch that stays on the CPU gets its batch transforms inside the collate function: in the
             # worker processes, in parallel, not in the main process between two training steps.
             on_cpu = tfms is not None and (device is None or device.type == "cpu")
-            collate_fn.after_batch = tfms if on_cpu else None  # set before iter(loader) starts the workers
+            # A new collate function for this pass, set before iter(loader) starts the workers; an iteration
+            # already running (another `for` over this loader) keeps the one it started with.
+            self.loader.collate_fn = _ItemsThenCollate(collate_fn.after_item, collate_fn.split_idx, tfms if on_cpu else None)
             if on_cpu: tfms = None
         for b in self.loader:
             if type(b) is not tuple: b = tuple(b) if isinstance(b, list) else (b,)

@@ -34,12 +34,10 @@ _CHAPTER_RE = re.compile(r"^(\d\d|app_[a-z])_[\w-]+\.ipynb$")
 
 
 def find_root(start: Path | None = None) -> Path:
-    "The course repository containing `start` (default: the working folder): the folder with `settings.ini` and `nbs/`."
-    here = Path(start or Path.cwd()).resolve()
-    for folder in [here, *here.parents]:
-        if (folder / "settings.ini").is_file() and (folder / "nbs").is_dir(): return folder
+    "The course repository containing `start` (default: the working folder), else the installed one: `config.repo_root`'s rule."
     from course.config import repo_root
-    if repo_root() is not None: return repo_root()
+    root = repo_root(start)
+    if root is not None: return root
     raise BuildError("this is not inside the course repository (no settings.ini with nbs/ beside it): cd into your clone first.")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .build import BuildError, build, find_chapter, find_root
 from ..config import data_dir, is_offline, workspace_dir
-from ..utils import text_table
+from ..utils import atomic_write, text_table
 
 
 class CourseError(Exception):
@@ -116,7 +116,7 @@ def start_chapter(chapter: str, workspace: Path | None = None, force: bool = Fal
     root = find_root(root)
     src = root / "stripped" / find_chapter(root / "nbs", chapter).name
     if not src.is_file(): raise CourseError(f"{src.name} has not been built yet: run `course build {chapter}` first.")
-    ws = Path(workspace).expanduser() if workspace else workspace_dir()
+    ws = Path(workspace).expanduser() if workspace else workspace_dir(root)
     if not ws.exists():
         if not ws.parent.is_dir():
             raise CourseError(f"workspace folder {ws} cannot be made: {ws.parent} does not exist. Create it, or pass --workspace DIR.")
@@ -124,15 +124,38 @@ def start_chapter(chapter: str, workspace: Path | None = None, force: bool = Fal
         except OSError as e: raise CourseError(f"cannot create workspace folder {ws} ({e.strerror}); pass --workspace DIR.") from None
     if not ws.is_dir(): raise CourseError(f"workspace {ws} is a file, not a folder; pass --workspace DIR.")
     dest = ws / src.name
-    if dest.exists():
+    if dest.is_symlink() or (dest.exists() and not dest.is_file()):
+        raise CourseError(f"{dest} is a link or a folder, not a notebook: move it away, or pass --workspace DIR.")
+    try:
+        if not dest.exists():
+            _create(dest, src.read_bytes())
+            return dest
         if not force:
             raise CourseError(f"{dest} already exists and holds your work; open it, or pass --force to start over (your copy is kept).")
-        backup = dest.with_name(f"{dest.stem}.{time.strftime('%Y%m%d-%H%M%S')}.bak.ipynb")
-        os.replace(dest, backup)
-        print(f"kept your previous copy as {backup}")
-    try: shutil.copyfile(src, dest)
+        print(f"kept your previous copy as {_backup(dest)}")
+        atomic_write(dest, src.read_bytes())
     except OSError as e: raise CourseError(f"cannot write {dest} ({e.strerror}); choose a workspace you can write to with --workspace.") from None
     return dest
+
+
+def _create(path: Path, data: bytes) -> Path:
+    "Write `data` to a new file `path`: fails if anything is there, even a dangling link, and leaves no half-written file."
+    with open(path, "xb") as f:
+        try: f.write(data); f.flush(); os.fsync(f.fileno())
+        except BaseException:
+            path.unlink()
+            raise
+    return path
+
+
+def _backup(path: Path) -> Path:
+    "Copy `path` to a new `<name>.<time>.bak.ipynb` beside it (a number added if that exists): never overwrites a file."
+    data, stamp = path.read_bytes(), time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        backup = path.with_name(f"{path.stem}.{stamp}{f'-{n}' if n else ''}.bak{path.suffix}")
+        try: return _create(backup, data)
+        except FileExistsError: continue
+    raise CourseError(f"too many backups of {path.name} in {path.parent}: delete some old *.bak.ipynb files.")
 
 # %% ../../nbs/lib/09_cli.ipynb #c0010
 def run_tests(root: Path | None = None, workers: int = 2, pytest_args: list[str] | None = None) -> int:
@@ -195,7 +218,7 @@ def _notebook_arg(value: str) -> Path:
     path = Path(value).expanduser()
     if path.exists() or value.endswith(".ipynb") or "/" in value: return path
     root = find_root()
-    return workspace_dir() / find_chapter(root / "nbs", value).name
+    return workspace_dir(root) / find_chapter(root / "nbs", value).name
 
 
 def main(argv: list[str] | None = None) -> int:

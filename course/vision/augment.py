@@ -26,14 +26,14 @@ class BatchAugment(Transform):
     "Random resized crop, flip, rotation, zoom, perspective warp and lighting on a batch (B, C, H, W) on its device, in ONE interpolation (chapter 5)."
     order = 40  # after IntToFloat (30), before Normalize (90)
     def __init__(self, size=None, min_scale=0.75, flip=True, max_rotate=10., max_zoom=1.1, max_warp=0.2,
-                 max_lighting=0.2, p_affine=0.75, p_lighting=0.75, pad_mode="reflection", seed=None):
+                 max_lighting=0.2, p_affine=0.75, p_lighting=0.75, pad_mode="reflection", max_aspect=4/3, seed=None):
         super().__init__()
         self.size = (size, size) if isinstance(size, int) else size  # None: keep the batch's size
         self.min_scale, self.flip, self.max_rotate, self.max_zoom, self.max_warp = min_scale, flip, max_rotate, max_zoom, max_warp
         self.max_lighting, self.p_affine, self.p_lighting, self.pad_mode = max_lighting, p_affine, p_lighting, pad_mode
-        self.seed, self.g, self._worker_seed = seed, torch.Generator(), None
-        if seed is not None: self.g.manual_seed(seed)
-        else: self.g.seed()
+        self.max_aspect, self.seed, self._worker_seed = max_aspect, seed, None
+        # With a seed, a stream of its own; without one, PyTorch's global stream, so `set_seed` governs it.
+        self.g = None if seed is None else torch.Generator().manual_seed(seed)
         self.n_interpolations = 0  # counts resampling calls, so a test can check there is one per batch
 
     def __call__(self, b, split_idx=None):
@@ -47,11 +47,12 @@ class BatchAugment(Transform):
     def _reseed_in_worker(self):
         "In a loader's worker process: give this worker's copy of the transform its own random stream."
         info = torch.utils.data.get_worker_info()  # None in the main process
-        if info is not None and info.seed != self._worker_seed:
+        if self.g is not None and info is not None and info.seed != self._worker_seed:
             # Each worker starts with a copy of the same generator; without this they would all draw the same
             # augmentations. `info.seed` differs per worker and per epoch, and comes from the main process's seed.
+            # (Without a seed the global stream is used, which PyTorch already seeds differently in each worker.)
             self._worker_seed = info.seed
-            self.g.manual_seed((info.seed + (self.seed or 0) * 1_000_003) % 2**63)
+            self.g.manual_seed((info.seed + self.seed * 1_000_003) % 2**63)
 
     def resize(self, x):
         "Validation: resize to `size` with antialiasing (one interpolation), or return `x` unchanged if it has that size."
@@ -65,7 +66,7 @@ class BatchAugment(Transform):
         "(n, 3, 3) random maps from output to input coordinates (both in -1..1): crop, flip, rotate, zoom, warp combined."
         g, U = self.g, lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=self.g)
         # Random resized crop: a window holding a fraction `area` of the image, aspect ratio between 3/4 and 4/3.
-        area, logr = U(self.min_scale, 1.), U(math.log(3 / 4), math.log(4 / 3))
+        area, logr = U(self.min_scale, 1.), U(-math.log(self.max_aspect), math.log(self.max_aspect))
         cw, ch = (area * logr.exp()).sqrt().clamp(max=1.), (area / logr.exp()).sqrt().clamp(max=1.)
         cx, cy = U(-1., 1.) * (1 - cw), U(-1., 1.) * (1 - ch)  # window centre, kept inside the image
         M = torch.zeros(n, 3, 3)
@@ -90,44 +91,50 @@ class BatchAugment(Transform):
         ys, xs = [(torch.arange(n, device=x.device) * 2 + 1) / n - 1 for n in (H, W)]  # pixel centres in -1..1
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         base = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(-1, 3)    # (H*W, 3) homogeneous, for every image
-        src = torch.einsum("pk,bjk->bpj", base, self.matrices(B, x.device))  # (B, H*W, 3) input coords, per image
-        grid = (src[..., :2] / src[..., 2:]).reshape(B, H, W, 2)              # divide: the perspective warp
-        self.n_interpolations += 1
-        out = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.pad_mode, align_corners=False)
+        mats = self.matrices(B, x.device)
+        if (H, W) == tuple(x.shape[-2:]) and torch.equal(mats, torch.eye(3, device=x.device).expand(B, 3, 3)):
+            out = x  # every map is the identity (all augmentations off): no resampling, the pixels are untouched
+        else:
+            src = torch.einsum("pk,bjk->bpj", base, mats)              # (B, H*W, 3) input coords, per image
+            grid = (src[..., :2] / src[..., 2:]).reshape(B, H, W, 2)    # divide: the perspective warp
+            self.n_interpolations += 1
+            out = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.pad_mode, align_corners=False)
         if self.max_lighting > 0:
-            do = (torch.rand(B, generator=self.g) < self.p_lighting).float()
+            do = torch.rand(B, generator=self.g) < self.p_lighting
             U = lambda: (2 * torch.rand(B, generator=self.g) - 1) * self.max_lighting * do
             bright, contrast = U().to(x.device).view(B, 1, 1, 1), U().exp().to(x.device).view(B, 1, 1, 1)
-            out = ((out - 0.5) * contrast + 0.5 + bright).clamp(0, 1)  # pixel-wise: no resampling
+            lit = ((out - 0.5) * contrast + 0.5 + bright).clamp(0, 1)  # pixel-wise: no resampling
+            out = torch.where(do.to(x.device).view(B, 1, 1, 1), lit, out)  # the other images keep their pixels exactly
         return TensorImage(out)
 
     def __repr__(self): return f"BatchAugment(size={self.size}, min_scale={self.min_scale}, max_rotate={self.max_rotate})"
 
 
 def aug_transforms(size=None, min_scale=0.75, flip=True, max_rotate=10., max_zoom=1.1, max_warp=0.2, max_lighting=0.2,
-                   p_affine=0.75, p_lighting=0.75, seed=None):
+                   p_affine=0.75, p_lighting=0.75, max_aspect=4/3, seed=None):
     "The usual batch augmentations for photos, as a list of transforms for `batch_tfms` (chapter 5)."
     return [BatchAugment(size, min_scale, flip, max_rotate, max_zoom, max_warp, max_lighting, p_affine, p_lighting,
-                         seed=seed)]
+                         max_aspect=max_aspect, seed=seed)]
 
 # %% ../../nbs/05_image_classification.ipynb #c0035
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # per-channel mean and std of ImageNet, in 0..1
 
 
 class Normalize(Transform):
-    "Subtract a per-channel mean and divide by the std on a batch of float images (B, C, H, W); decodes back (chapter 5)."
+    "Subtract a per-channel mean and divide by the std on float images (B, C, H, W) or (C, H, W); decodes back (chapter 5)."
     order = 90  # after the augmentations, which expect pixels in 0..1
     def __init__(self, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1]):
         super().__init__()
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        # Kept in float64 and cast to each batch's own type; (C, 1, 1) broadcasts over one image or a batch.
+        self.mean = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
 
     def encodes(self, x: TensorImage):
-        m, s = self.mean.to(x.device), self.std.to(x.device)
+        m, s = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
         return TensorImage((x - m) / s)
 
     def decodes(self, x: TensorImage):
-        m, s = self.mean.to(x.device), self.std.to(x.device)
+        m, s = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
         return TensorImage(x * s + m)
 
     def __repr__(self): return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"

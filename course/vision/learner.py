@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from ..export import build_model
 from ..layers import ConcatPool2d
 from ..learner import Learner
+from ..utils import register_factory
 from .models import xresnet as xresnets
 from .models.unet import UNet
 from .weights import pretrained_model
+
 
 # %% auto #0
 __all__ = ['default_cut', 'create_body', 'arch_model', 'num_features', 'create_head', 'vision_model', 'body_head_splitter', 'vision_learner', 'unet_model', 'unet_splitter', 'unet_learner', 'SiameseModel', 'siamese_model', 'siamese_splitter']
@@ -34,16 +36,28 @@ def default_cut(model):
 
 def create_body(model, cut=None):
     "The layers of `model` before `cut` (default: before its pooling layer), as an nn.Sequential (chapter 15)."
-    if cut is None: cut = default_cut(model)
+    default = cut is None
+    if default: cut = default_cut(model)
     if callable(cut): return cut(model)  # a function that picks the body itself
-    return nn.Sequential(*list(model.children())[:cut])
+    body = nn.Sequential(*list(model.children())[:cut])
+    from torchvision.models import DenseNet
+    if default and isinstance(model, DenseNet): body.append(nn.ReLU())  # its forward applies one after `features`
+    return body
 
 
+def _use_pretrained(arch, pretrained):
+    "Whether `arch` starts from pretrained weights: asked for, and the course has some (not for xresnets)."
+    if pretrained and arch.startswith("xresnet"):
+        print(f"{arch} has no pretrained weights in the course: it starts from random weights, and nothing is frozen.")
+        return False
+    return pretrained
+
+
+@register_factory
 def arch_model(arch="resnet34", pretrained=True):
     "A whole classification model by name: an xresnet from `course.vision.models.xresnet` (random init) or any torchvision model (chapter 15)."
-    if arch.startswith("xresnet"):
-        if pretrained: print(f"{arch} has no pretrained weights in the course: it starts from random weights.")
-        return getattr(xresnets, arch)()
+    pretrained = _use_pretrained(arch, pretrained)
+    if arch.startswith("xresnet"): return getattr(xresnets, arch)()
     if pretrained: return pretrained_model(arch)
     from torchvision.models import get_model
     return get_model(arch, weights=None)
@@ -69,6 +83,7 @@ def create_head(nf, n_out, hidden=512, ps=0.5, concat_pool=True):
                          nn.BatchNorm1d(hidden), nn.Dropout(ps), nn.Linear(hidden, n_out))
 
 # %% ../../nbs/15_architectures.ipynb #c0025
+@register_factory
 def vision_model(arch="resnet34", n_out=1000, pretrained=True, cut=None, hidden=512, ps=0.5, concat_pool=True):
     "nn.Sequential(body, head): the body of model `arch` cut before its pooling, and a new head for `n_out` classes (chapter 15)."
     body = create_body(arch_model(arch, pretrained), cut)
@@ -94,6 +109,7 @@ def vision_learner(dls, arch="resnet34", n_out=None, pretrained=True, cut=None, 
     if n_out is None:
         if dls.vocab is None: raise ValueError("Pass n_out=: these DataLoaders have no vocab to count the classes from.")
         n_out = len(dls.vocab)
+    pretrained = _use_pretrained(arch, pretrained)  # a random body is trained whole, never frozen
     model = _exportable(vision_model, pretrained, arch=arch, n_out=n_out, cut=cut, hidden=hidden, ps=ps,
                         concat_pool=concat_pool)
     learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, splitter=body_head_splitter, **kwargs)
@@ -101,6 +117,7 @@ def vision_learner(dls, arch="resnet34", n_out=None, pretrained=True, cut=None, 
     return learn
 
 # %% ../../nbs/15_architectures.ipynb #c0046s2
+@register_factory
 def unet_model(n_out, arch="resnet18", pretrained=True, c_in=3):
     "A UNet whose encoder is the body of model `arch` (pretrained weights by default) (chapter 15)."
     return UNet(create_body(arch_model(arch, pretrained)), n_out, c_in)
@@ -115,6 +132,7 @@ def unet_splitter(model):
 
 def unet_learner(dls, n_out, arch="resnet18", pretrained=True, loss_func=F.cross_entropy, metrics=None, **kwargs):
     "A Learner for segmentation: a UNet on the body of `arch`, encoder frozen, two parameter groups (chapter 15)."
+    pretrained = _use_pretrained(arch, pretrained)
     model = _exportable(unet_model, pretrained, n_out=n_out, arch=arch)
     learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, splitter=unet_splitter, **kwargs)
     if pretrained: learn.freeze()
@@ -132,6 +150,7 @@ class SiameseModel(nn.Module):
         return self.head(torch.cat([self.encoder(x1), self.encoder(x2)], dim=1))
 
 
+@register_factory
 def siamese_model(arch="resnet18", n_out=2, pretrained=True, hidden=512, ps=0.5):
     "A SiameseModel on the body of `arch` with a create_head for the two concatenated feature maps (chapter 15)."
     encoder = create_body(arch_model(arch, pretrained))

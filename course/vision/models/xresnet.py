@@ -8,6 +8,8 @@ from __future__ import annotations
 from torch import nn
 
 from ...layers import conv
+from ...utils import register_factory
+
 
 # %% auto #0
 __all__ = ['xresnet_stem', 'ResBlock', 'xresnet', 'xresnet18', 'xresnet34', 'xresnet50', 'xresnet101', 'xresnet152']
@@ -51,6 +53,7 @@ class ResBlock(nn.Module):
         return self.act(out)
 
 # %% ../../../nbs/14_resnets.ipynb #c0044
+@register_factory  # a saved model may name this builder: see chapter 19
 def xresnet(layers, bottleneck=False, c_in=3, n_out=1000, widths=(64, 128, 256, 512), deep_stem=True, pool_shortcut=True):
     "A ResNet as an nn.Sequential: stem, four stages of ResBlocks, average pool, linear head; bag-of-tricks stem and shortcuts by default (chapter 14)."
     expansion = 4 if bottleneck else 1       # a bottleneck block outputs 4x its middle width
@@ -67,22 +70,27 @@ def xresnet(layers, bottleneck=False, c_in=3, n_out=1000, widths=(64, 128, 256, 
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ni, n_out))
 
 
+@register_factory
 def xresnet18(c_in=3, n_out=1000, **kwargs):
     "ResNet-18 layout (basic blocks 2, 2, 2, 2) with the bag-of-tricks stem and shortcuts (chapter 14)."
     return xresnet([2, 2, 2, 2], False, c_in, n_out, **kwargs)
 
+@register_factory
 def xresnet34(c_in=3, n_out=1000, **kwargs):
     "ResNet-34 layout (basic blocks 3, 4, 6, 3) with the bag-of-tricks stem and shortcuts (chapter 14)."
     return xresnet([3, 4, 6, 3], False, c_in, n_out, **kwargs)
 
+@register_factory
 def xresnet50(c_in=3, n_out=1000, **kwargs):
     "ResNet-50 layout (bottleneck blocks 3, 4, 6, 3) with the bag-of-tricks stem and shortcuts (chapter 14)."
     return xresnet([3, 4, 6, 3], True, c_in, n_out, **kwargs)
 
+@register_factory
 def xresnet101(c_in=3, n_out=1000, **kwargs):
     "ResNet-101 layout (bottleneck blocks 3, 4, 23, 3) with the bag-of-tricks stem and shortcuts (chapter 14)."
     return xresnet([3, 4, 23, 3], True, c_in, n_out, **kwargs)
 
+@register_factory
 def xresnet152(c_in=3, n_out=1000, **kwargs):
     "ResNet-152 layout (bottleneck blocks 3, 8, 36, 3) with the bag-of-tricks stem and shortcuts (chapter 14)."
     return xresnet([3, 8, 36, 3], True, c_in, n_out, **kwargs)
