@@ -288,13 +288,17 @@ def test_code_right_partly_wrong_empty(monkeypatch):
     ("import no_such_module_here", "imports something that isn't available"),
     ("def triple(xs): return xs", "doesn't define `double`"),
     ("def double(xs):\n    return double(xs)", "RecursionError"),
-    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "crashed (signal SIGKILL)"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "killed (signal SIGKILL)"),
 ])
 def test_code_hostile_answers_become_feedback(src, words):
-    t = time.monotonic()
     r = code(src, timeout=1)
     assert r.score < 1 and r.verdict in ("wrong", "partly") and words in r.feedback, r
-    assert time.monotonic() - t < 20
+
+
+def test_imports_the_tests_need_happen_before_the_clock_starts():
+    "Tests that import about two seconds of CPU time of modules still pass a right answer under a one-second CPU limit."
+    heavy = {**PY_KEY, "tests": [("heavy imports", "import torch.optim\nfrom sklearn.linear_model import LogisticRegression\nassert double([1]) == [2]")]}
+    assert code("def double(xs):\n    return [x * 2 for x in xs]", heavy, timeout=1).verdict == "correct"
 
 
 def test_code_with_a_broken_setup():
@@ -349,8 +353,8 @@ def test_live_check_never_raises(capsys):
 
 # ---------------------------------------------------------------- check_notebook: reading answers from files
 
-def test_blank_stripped_notebook_scores_zero_and_source_notebook_too(tmp_path):
-    for path, keys in [(learner_copy(tmp_path), KEYS), (FIXTURE, None)]:
+def test_blank_stripped_notebook_scores_zero_and_source_notebook_too(tmp_path, keys_in):
+    for path, keys in [(learner_copy(tmp_path), KEYS), (FIXTURE, None)]:  # the source's answer cells are ignored: keys come from the package
         results = check_notebook(path, keys=keys)
         assert len(results) == 8 and all(r.score == 0 and r.verdict == "not answered" for r in results), results
 
@@ -426,9 +430,7 @@ def test_unknown_question_ids_and_magics(tmp_path):
 def test_huge_outputs_and_old_nbformat(tmp_path):
     big = [{"output_type": "stream", "name": "stdout", "text": ["x" * 1_000_000 + "\n"] * 40}]  # 40 MB of output
     path = learner_copy(tmp_path, NON_CODE_RIGHT, edit=lambda nb: nb["cells"][1].update(outputs=big))
-    t = time.monotonic()
     assert sum(r.score for r in check_notebook(path, keys=KEYS)) == 6
-    assert time.monotonic() - t < 10
     nb = json.loads(learner_copy(tmp_path, NON_CODE_RIGHT).read_text())
     v3 = {"nbformat": 3, "nbformat_minor": 0, "metadata": {"name": "old"}, "worksheets": [{"cells": [
         {"cell_type": "code", "input": c["source"], "language": "python", "outputs": []} if c["cell_type"] == "code" else
@@ -503,8 +505,11 @@ def numbered_copy(tmp_path, chapter: str) -> Path:
 
 def test_two_checks_at_once_keep_the_progress_file_whole(tmp_path, course_home):
     paths = [numbered_copy(tmp_path, ch) for ch in ("91", "92", "93", "94")]
+    keys = tmp_path / "keys"
+    write_keys(tmp_path, keys)  # the package ships these chapters' keys: only shipped questions are recorded
     env = {**os.environ, "COURSE_HOME": str(course_home)}
-    cmd = "import sys; from course.tools.progress import run_check; sys.exit(run_check(sys.argv[1]))"
+    cmd = (f"import sys, pathlib, course.quiz.keys as q; q.keys_dir = lambda: pathlib.Path({str(keys)!r}); "
+           "from course.tools.progress import run_check; sys.exit(run_check(sys.argv[1]))")
     procs = [subprocess.Popen([sys.executable, "-c", cmd, str(p)], env=env, stdout=subprocess.DEVNULL) for p in paths * 2]
     assert [p.wait(timeout=60) for p in procs] == [0] * 8
     assert sorted(load_progress(course_home / "progress.json")["chapters"]) == ["91", "92", "93", "94"]
@@ -580,7 +585,7 @@ def test_chapter_questionnaire(nb, model_results):
     assert problems == [], f"{nb.name}:\n" + "\n".join(problems)
     full = model_results.get(nb.name, [])
     assert [r for r in full if r.score != r.points] == [], f"{nb.name}: model answers below full marks"
-    blank = check_notebook(nb)
+    blank = check_notebook(nb, keys=notebook_questions(nb)["keys"])
     assert [r for r in blank if r.score != 0 or r.verdict != "not answered"] == [], f"{nb.name}: blank slots that score or are not blank"
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import ast
 import html
 import linecache
+import os
 import sys
 
 from .checker import check_notebook
 from .display import _Html, _show, Report
 from .grading import _blank, _defined_names, code_without_check, grade, is_stub, Result
-from .keys import anchor, ANSWER_RE, chapter_of, load_keys, NotebookError, qid_order, QID_RE, validate_key
+from .keys import anchor, ANSWER_RE, chapter_of, load_keys, NotebookError, package_dir, qid_order, QID_RE, question_problem, validate_key
 
 # %% auto #0
 __all__ = ['key', 'find_key', 'check', 'hint', 'check_all']
@@ -45,10 +46,17 @@ def key(**fields):
     _SESSION_KEYS[qid] = {"id": qid, **validate_key(qid, fields)}
 
 
+def _authoring() -> bool:
+    "True when this session runs in the course's own `nbs/` folder, where authors write keys; a learner's copy never lives there."
+    nbs, here = os.path.realpath(package_dir().parent / "nbs"), os.path.realpath(os.getcwd())
+    return here == nbs or here.startswith(nbs + os.sep)
+
+
 def find_key(qid: str) -> dict | None:
-    "The answer key of question `qid`: registered in this session, else shipped with the package; None if neither."
-    if qid in _SESSION_KEYS: return _SESSION_KEYS[qid]
-    return load_keys(chapter_of(qid)).get(qid)
+    "The answer key of question `qid`: the one the package ships, else one registered in this session; None if neither (in nbs/, the session's wins)."
+    shipped = load_keys(chapter_of(qid)).get(qid)
+    if qid in _SESSION_KEYS and (shipped is None or _authoring()): return _SESSION_KEYS[qid]
+    return shipped
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0052
 _MISSING = object()
@@ -68,7 +76,7 @@ def _check(qid, answer, cell_source: str) -> Result:
     if k is None:  # in nbs/ a question's slot runs before its key cell: a blank slot or a stub is simply not answered
         stub = callable(answer) and is_stub(code_without_check(cell_source), getattr(answer, "__name__", ""))
         if _blank(answer) or stub: return Result(qid, "?", "not answered")
-        return Result(qid, "?", "error", feedback=f"This installation has no answer key for {qid}: update the course (git pull, pip install -e .).")
+        return Result(qid, "?", "error", feedback=question_problem(qid) or f"No answer key for {qid}: update the course (git pull, pip install -e .).")
     if k["kind"] == "code" and callable(answer):
         # grade the cell as `course check` would; if the function was defined in another cell, grade its own source
         cell = code_without_check(cell_source) if ("check(" in cell_source and qid in cell_source) else ""

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .grading import _blank, _defined_names, _is_check_stmt, _neutralise_magics, code_without_check, grade, grade_many, is_stub, model_answer, Result, sample_ok
-from .keys import _is_num, anchor, ANSWER_RE, chapter_of, load_keys, notebook_questions, NotebookError, OBJECTIVE_KINDS, parse_key_cell, qid_order, QUESTION_RE, read_cells
+from .keys import _is_num, anchor, chapter_of, load_keys, notebook_questions, NotebookError, OBJECTIVE_KINDS, QID_RE, qid_order, question_problem, QUESTION_RE, read_cells
 
 # %% auto #0
 __all__ = ['Slot', 'find_slots', 'check_notebook', 'check_model_answers', 'lint_questionnaire']
@@ -28,20 +28,48 @@ class Slot:
     problem: str = ""
 
 
+_MAX_BITS = 3400  # about 1,000 digits: no answer here is a larger number, so the checker computes none
+
+
+def _bounded(x):
+    if isinstance(x, int) and x.bit_length() > _MAX_BITS: raise ValueError("too large")
+    return x
+
+
+def _power(a, b):
+    "a ** b, refused (ValueError) when the result would have more than about 1,000 digits, before any work is done."
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1 and b * (a.bit_length() - 1) > _MAX_BITS: raise ValueError("too large")
+    return a ** b
+
+
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b,
-           ast.Pow: lambda a, b: a ** b if abs(b) < 100 else float("nan"), ast.FloorDiv: lambda a, b: a // b}
+           ast.Pow: _power, ast.FloorDiv: lambda a, b: a // b}
 
 
 def _arithmetic(node):
-    "The value of an expression made of number literals and + - * / // ** only; ValueError otherwise."
-    if isinstance(node, ast.Constant) and _is_num(node.value): return node.value
+    "The value of an expression made of number literals and + - * / // ** only, none of them past about 1,000 digits; ValueError otherwise."
+    if isinstance(node, ast.Constant) and _is_num(node.value): return _bounded(node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = _arithmetic(node.operand)
         return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        try: return _BINOPS[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
+        try: return _bounded(_BINOPS[type(node.op)](_arithmetic(node.left), _arithmetic(node.right)))
         except (ZeroDivisionError, OverflowError): raise ValueError("not a finite number") from None
     raise ValueError("not arithmetic")
+
+
+def _read_answer(qid: str, node):
+    "The answer a check(...) call gives as an expression: a literal, or bounded arithmetic; ValueError with the learner's problem otherwise."
+    try: return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError): pass
+    try: return _arithmetic(node)
+    except RecursionError: why = "too deeply nested"
+    except ValueError as e: why = str(e)
+    if why == "too large":
+        raise ValueError(f"The answer to {qid} works out to a number with more than 1,000 digits: no question here has such an answer; write the answer itself.")
+    try: shown = ast.unparse(node)[:40]
+    except RecursionError: shown = "..."
+    raise ValueError(f"The checker reads answers from the file and cannot work out `{shown}`: write the answer itself, like check(\"{qid}\", 0.95).")
 
 
 def _literal_assignments(tree) -> dict:
@@ -53,6 +81,7 @@ def _literal_assignments(tree) -> dict:
     return out
 
 
+_CELL_LIMIT = 1_000_000  # characters: a longer code cell is not read (an answer cell is nowhere near)
 _CHECK_TEXT_RE = re.compile(r"""\bcheck\(\s*(?:qid\s*=\s*)?["']([0-9A-Za-z_]{1,8}\.\d{1,3})["']""")
 
 
@@ -63,6 +92,11 @@ def find_slots(cells: list[dict]) -> tuple[dict, dict]:
     for i, c in enumerate(cells):
         src = c["source"]
         if "check" not in src and (c["cell_type"] != "code" or len(src) > 200_000): continue  # only cells that can matter
+        if c["cell_type"] == "code" and len(src) > _CELL_LIMIT:
+            for qid in sorted(set(_CHECK_TEXT_RE.findall(src))):
+                slots.setdefault(qid, []).append(Slot(qid, i, problem=(
+                    f"The answer cell of {qid} is {len(src):,} characters long, too long to read: keep only your answer in it.")))
+            continue
         if c["cell_type"] != "code":
             for qid in _CHECK_TEXT_RE.findall(src):
                 slots.setdefault(qid, []).append(Slot(qid, i, str(c["cell_type"]), problem=(
@@ -74,7 +108,10 @@ def find_slots(cells: list[dict]) -> tuple[dict, dict]:
             for qid in _CHECK_TEXT_RE.findall(src):
                 slots.setdefault(qid, []).append(Slot(qid, i, code=code, problem=f"The answer cell of {qid} is not valid Python (line {e.lineno}: {e.msg}): fix it and run it."))
             continue
-        except (ValueError, RecursionError, MemoryError):
+        except (ValueError, RecursionError, MemoryError):  # nested too deeply for Python's parser
+            for qid in sorted(set(_CHECK_TEXT_RE.findall(src))):
+                slots.setdefault(qid, []).append(Slot(qid, i, problem=(
+                    f"The answer cell of {qid} is nested too deeply to read: write the answer itself, like check(\"{qid}\", 0.95).")))
             continue
         parsed[i] = tree
         for stmt in tree.body:
@@ -87,12 +124,8 @@ def find_slots(cells: list[dict]) -> tuple[dict, dict]:
             if node is None: slot.answer = None
             elif isinstance(node, ast.Name): slot.name = node.id
             else:
-                try: slot.answer = ast.literal_eval(node)
-                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                    try: slot.answer = _arithmetic(node)
-                    except ValueError:
-                        slot.problem = (f"The checker reads answers from the file and cannot work out `{ast.unparse(node)[:40]}`: "
-                                        f"write the answer itself, like check(\"{qid}\", 0.95).")
+                try: slot.answer = _read_answer(qid, node)
+                except ValueError as e: slot.problem = str(e)
             slots.setdefault(qid, []).append(slot)
     return slots, parsed
 
@@ -137,37 +170,30 @@ def _slot_answer(qid: str, k: dict, found: list[Slot], cells, parsed):
     note = f"({len(code_slots)} cells answer {qid}; the last filled-in one was graded.) " if len(code_slots) > 1 else ""
     if slot.problem:
         if k["kind"] == "code" and "not valid Python" in slot.problem: return slot.code, note  # the grading process names the line
-        verdict = "wrong" if "not valid Python" in slot.problem else "error"
+        verdict = "wrong" if "not valid Python" in slot.problem or "1,000 digits" in slot.problem else "error"
         return Result(qid, k["kind"], verdict, 0.0, points, note + slot.problem, section)
     return answer, note + where
 
 
 def check_notebook(path, timeout: float | None = None, keys: dict | None = None) -> list[Result]:
-    "Grade every question of the notebook file at `path` by question id, never modifying it; NotebookError when it cannot (questionnaire library)."
+    "Grade every question of the notebook file at `path` by question id, with the keys the package ships (or `keys`), never modifying it; NotebookError when it cannot (questionnaire library)."
     cells, _ = read_cells(path)
     slots, parsed = find_slots(cells)
-    if keys is None:
-        info_keys = {}
-        for c in cells:
-            if c["cell_type"] == "code" and c["source"].strip() and ANSWER_RE.match(c["source"].lstrip("\n").splitlines()[0]):
-                try: k = parse_key_cell(c["source"]); info_keys[k["id"]] = k
-                except ValueError: pass
-        if info_keys: keys = notebook_questions(path)["keys"]
-        ids_from_keys = set(info_keys)
-    else: ids_from_keys = set()
     header_ids = {m["qid"] for c in cells if c["cell_type"] == "markdown" for m in [QUESTION_RE.match(c["source"])] if m}
-    ids = set(slots) | header_ids | ids_from_keys
+    ids = set(slots) | header_ids
     if not ids: raise NotebookError(f"{path}: no questions found (no cell calls check(\"NN.MM\", ...)); is it a chapter notebook?")
-    if keys is None:
+    shipped = keys is None  # a learner's notebook brings no keys of its own: answer cells in it are ignored
+    if shipped:
         keys = {}
-        for ch in sorted({chapter_of(q) for q in ids}):
+        for ch in sorted({chapter_of(q) for q in ids if QID_RE.match(q)}):
             try: keys.update(load_keys(ch))
             except ValueError as e: raise NotebookError(str(e)) from None
     results, pairs, notes = {}, [], []
     for qid in sorted(set(keys) | ids, key=qid_order):
         k = keys.get(qid)
         if k is None:
-            results[qid] = Result(qid, "?", "error", feedback=f"No answer key for {qid} in this installation: check the id, or update the course (git pull, pip install -e .).")
+            why = question_problem(qid) if shipped else f"No answer key for {qid}: check the id."
+            results[qid] = Result(qid if len(qid) <= 24 else qid[:21] + "...", "?", "error", points=0.0, feedback=why)  # no question: no points
             continue
         got = _slot_answer(qid, k, slots.get(qid, []), cells, parsed)
         if isinstance(got, Result): results[qid] = got

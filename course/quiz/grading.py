@@ -10,14 +10,13 @@ import html
 import re
 import signal
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from .keys import anchor
-from .sandbox import GRADERS_AT_ONCE, MEMORY_LIMIT, OUTPUT_LIMIT, run_code, run_code_many, SETUP_TIMEOUT, STUB_RE
+from .sandbox import MEMORY_LIMIT, OUTPUT_LIMIT, run_code, run_code_many, SETUP_TIMEOUT, STUB_RE
 
 # %% auto #0
-__all__ = ['VERDICT_MARKS', 'VERDICT_COLOURS', 'GRADERS', 'Result', 'parse_choice', 'grade_choice', 'parse_number', 'grade_number', 'normal_words', 'edit_distance', 'grade_short', 'negated', 'strip_copied', 'keyword_list', 'idea_present', 'grade_concepts', 'sample_ok', 'grade_open', 'code_feedback', 'is_stub', 'grade_code', 'code_without_check', 'grade', 'grade_many', 'model_answer']
+__all__ = ['VERDICT_MARKS', 'VERDICT_COLOURS', 'GRADERS', 'ANSWER_LIMITS', 'Result', 'parse_choice', 'grade_choice', 'parse_number', 'grade_number', 'normal_words', 'edit_distance', 'grade_short', 'negated', 'strip_copied', 'keyword_list', 'idea_present', 'grade_concepts', 'sample_ok', 'grade_open', 'instrumented', 'values_match', 'code_feedback', 'is_stub', 'grade_code', 'code_without_check', 'too_big', 'grade', 'grade_many', 'model_answer']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0021
 VERDICT_MARKS = {"correct": "✓", "partly": "◐", "wrong": "✗", "answered": "✎", "not answered": "○", "missing": "?", "error": "!"}
@@ -108,9 +107,9 @@ _NUM_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:[.,]
 def parse_number(answer) -> tuple[float, bool]:
     "The number in an answer (a number, or text like '95%', '1,000', '3e-4', '1/3', '12 ms') and whether it was a percentage; ValueError if none."
     if isinstance(answer, bool): raise ValueError("give a number, not True or False")
-    if isinstance(answer, (int, float)): return float(answer), False
     if not isinstance(answer, str):
-        try: return float(answer), False  # NumPy and PyTorch scalars
+        try: return float(answer), False  # also NumPy and PyTorch scalars
+        except OverflowError: raise ValueError("that number is too large to be the answer") from None
         except (TypeError, ValueError): raise ValueError(f"give a number, not a {type(answer).__name__}") from None
     text = answer.strip().replace("−", "-").replace("\u2009", "").replace("_", "")
     frac = re.fullmatch(r"([-+]?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)", text)
@@ -197,6 +196,7 @@ def grade_short(key: dict, answer) -> tuple[float, str, str]:
     forms = [(a, "", False, orig) for a, orig in zip(accept, key["accept"])] + [(c, fb, True, "") for c, fb in close]
     for form, fb, is_close, orig in forms:
         target = "".join(form)
+        if abs(len(joined) - len(target)) > _slack(len(target)): continue  # too far apart for any slip: skip the costly distance
         d = edit_distance(joined, target)
         if d <= _slack(len(target)) and (best is None or (d, not is_close) < (best[0], not best[2])): best = (d, fb, is_close, orig)
     if best and not best[2]: return 1.0, "correct", f"Accepted; it is spelled {best[3]!r}."
@@ -282,11 +282,116 @@ def grade_open(key: dict, answer) -> tuple[float, str, str]:
     return 1.0, "answered", "Compare your answer with the model answer."
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0042
+class _Instrument(ast.NodeTransformer):
+    "Rewrites a test so that each value its asserts check passes through `__course_value__(node, value)`, numbering the nodes."
+    def __init__(self): self.n, self.optional = 0, set()
+
+    def note(self, e, optional: bool):
+        self.n += 1
+        if optional: self.optional.add(self.n)
+        return ast.Call(ast.Name("__course_value__", ast.Load()), [ast.Constant(self.n), e], [])
+
+    def checked(self, e, optional: bool = False):
+        "`e` with the values it checks noted: both sides of a comparison, a call's arguments and result, through and/or/not."
+        if isinstance(e, ast.BoolOp):  # what follows an `or` may be skipped by one right answer and reached by another
+            e.values = [self.checked(v, optional or (isinstance(e.op, ast.Or) and i > 0)) for i, v in enumerate(e.values)]
+            return e
+        if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+            e.operand = self.checked(e.operand, optional)
+            return e
+        if isinstance(e, ast.Compare):
+            e.left, e.comparators = self.note(e.left, optional), [self.note(c, optional) for c in e.comparators]
+            return e
+        if isinstance(e, ast.Call):
+            if isinstance(e.func, ast.Attribute) and not _dotted(e.func.value): e.func.value = self.checked(e.func.value, optional)  # (a == b).all()
+            e.args = [a if isinstance(a, ast.Starred) else self.argument(a, optional) for a in e.args]
+            for kw in e.keywords: kw.value = self.argument(kw.value, optional)
+        return self.note(e, optional)
+
+    def argument(self, a, optional: bool):
+        if isinstance(a, (ast.GeneratorExp, ast.ListComp, ast.SetComp)):  # all(torch.allclose(p, q) for ...): each item's values
+            a.elt = self.checked(a.elt, optional)
+            return a
+        return self.note(a, optional)
+
+    def visit_Assert(self, node):
+        node.test = self.checked(node.test)
+        return node
+
+    def visit_Expr(self, node):  # torch.testing.assert_close(a, b) and the like
+        f = node.value.func if isinstance(node.value, ast.Call) else None
+        if str(getattr(f, "attr", getattr(f, "id", ""))).startswith("assert"): node.value = self.checked(node.value)
+        return node
+
+
+def _dotted(e) -> bool: return isinstance(e, ast.Name) or (isinstance(e, ast.Attribute) and _dotted(e.value))
+
+
+def instrumented(key: dict) -> dict:
+    "Code key `key` with each test rewritten to report the values it checks (see `_Instrument`), and the nodes an answer may skip under 'optional'."
+    tests, optional = [], []
+    for name, code in key["tests"]:
+        try: tree = ast.parse(code)
+        except SyntaxError: tests.append((name, code)); optional.append([]); continue
+        t = _Instrument()
+        tests.append((name, ast.unparse(ast.fix_missing_locations(t.visit(tree)))))
+        optional.append(sorted(t.optional))
+    return {**key, "tests": tests, "optional": optional}
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0042s1
+def _number(v):
+    "A value description's plain number (a bool, int, float, or a 0-d array), else None."
+    if isinstance(v, (bool, int, float)): return v
+    if isinstance(v, dict) and v.get("array") == [] and isinstance(v.get("values"), list) and len(v["values"]) == 1: return v["values"][0]
+    return None
+
+
+def _close(a, b, scale) -> bool:
+    "True when `a` is within the checker's tolerance of `b`, for values of size about `scale`: float noise passes, a wrong answer does not."
+    try: return a == b or (a != a and b != b) or abs(a - b) <= 1e-4 * (1 + scale) + 1e-3 * abs(b)
+    except (TypeError, OverflowError): return False
+
+
+def _same(a, b) -> bool:
+    "True when `a`, the description of a value an answer's test checked, matches `b`, the model solution's: numbers within a tolerance, the rest exactly."
+    x, y = _number(a), _number(b)
+    if x is not None and y is not None:
+        if type(x) is int and type(y) is int: return x == y
+        try: return _close(float(x), float(y), abs(float(y)))
+        except (TypeError, ValueError, OverflowError): return False
+    if isinstance(a, dict) and isinstance(b, dict) and "array" in a and "array" in b:
+        got, want = a.get("values"), b.get("values")
+        if a["array"] != b["array"] or not (isinstance(got, list) and isinstance(want, list) and len(got) == len(want)): return False
+        finite = [abs(v) for v in want if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+        if not all(_close(g, w, max(finite, default=0)) for g, w in zip(got, want)): return False
+        sums, want_sums = a.get("sums") or [], b.get("sums") or []
+        return len(sums) == len(want_sums) and all(_close(g, w, abs(want_sums[-1])) for g, w in zip(sums, want_sums))
+    if type(a) is not type(b): return False
+    if isinstance(a, dict): return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list): return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    return a == b
+
+
+def values_match(got: list, want: list, optional=()) -> bool:
+    "True when the values an answer's test checked match the model solution's, node by node of the test (a node the answer skipped after an `or` aside)."
+    def by_node(values):
+        out = {}
+        for item in values if isinstance(values, list) else []:
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], int): out.setdefault(item[0], []).append(item[1])
+        return out
+    g, w = by_node(got), by_node(want)
+    try:
+        return all((node in optional and node not in g) or (len(g.get(node, [])) == len(ws) and all(map(_same, g[node], ws)))
+                   for node, ws in w.items())
+    except RecursionError: return False
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0042s2
 def _error_words(err: dict, where: str) -> str:
     t, msg, line = err.get("type", "Exception"), err.get("message", ""), err.get("line")
     at = f" (line {line} of your cell)" if line else ""
     if t == "SystemExit": return f"{where} called exit()/sys.exit(){at}: return a value instead."
     if t == "_OutputLimit": return f"{where} printed too much output (more than {OUTPUT_LIMIT:,} characters): remove the prints in loops."
+    if t == "_ValuesLimit": return f"{where} gave values far too large to compare with the model solution's ({msg})."
     if t == "MemoryError" or "can't allocate memory" in msg or "not enough memory" in msg.lower():
         return f"{where} tried to use more memory than allowed ({MEMORY_LIMIT / 1024**3:.0f} GB){at}: work with smaller tensors."
     if t == "KeyboardInterrupt": return f"{where} was interrupted."
@@ -295,45 +400,69 @@ def _error_words(err: dict, where: str) -> str:
     return f"{where} raised {t}{at}: {msg}"
 
 
+def _cases(run: dict, n: int) -> dict:
+    "The first result a run gave for each case number below `n`."
+    out = {}
+    for e in run["events"]:
+        c = e.get("case")
+        if e.get("event") == "case" and isinstance(c, int) and 0 <= c < n and c not in out: out[c] = e
+    return out
+
+
+def _stopped(run: dict, tests: list) -> str:
+    "Why a run ended before its last case, in words."
+    started = [e["case"] for e in run["events"] if e.get("event") == "start" and isinstance(e.get("case"), int) and 0 <= e["case"] < len(tests)]
+    where = f"case '{tests[started[-1]][0]}'" if started else "your cell, before the tests"
+    if run.get("cpu_limited"): return f"Stopped: {where} ran longer than {_fmt(run['timeout'])} s of CPU time (an endless loop, or too much work?)."
+    if run["timed_out"]:
+        return (f"Stopped: {where} was still running after {_fmt(run['wall'])} s without using up its CPU time "
+                "(waiting on sleep() or input(), or on processes it started?).")
+    rc, during = run["returncode"], f"during {where}" if started else "before the tests"
+    twice = ", twice in a row" if run.get("retried") else ""
+    if rc == -signal.SIGKILL: return f"The grading process was killed (signal SIGKILL) {during}{twice}: the system does that when memory runs out, and so does os.kill."
+    if rc and rc < 0 and -rc in signal.valid_signals(): return f"The grading process crashed (signal {signal.Signals(-rc).name}) {during}{twice}."
+    return f"Your code ended the grading process early (os._exit?) {during}."
+
+
 def code_feedback(key: dict, run: dict) -> tuple[float, str, str]:
-    "Score and feedback for a code answer from the events `run_code` collected (questionnaire library)."
+    "Score and feedback for a code answer: a case passes when the answer's run passed it and the values it checked match the model solution's (`key` instrumented)."
     if run.get("unsupported"): return 0.0, "error", "Code questions are graded on Linux and macOS; on Windows, use WSL."
-    events, tests = run["events"], key["tests"]
-    kinds = [e.get("event") for e in events]
-    for e in events:
-        if e.get("event") == "setup_error":
-            return 0.0, "error", f"The question's setup failed ({e['error']['type']}: {e['error']['message']}): this is not your answer's fault; check that the course is installed (course doctor)."
+    model, tests = run.get("model") or run, key["tests"]
+    not_yours = "this is not your answer's fault"
+    for r in (run, model):
+        if r.get("failure"): return 0.0, "error", f"The checker could not run the code ({r['failure']}, twice in a row); {not_yours}: try again in a moment."
+        for e in r["events"]:
+            if e.get("event") == "setup_error":
+                return 0.0, "error", f"The question's setup failed ({e['error']['type']}: {e['error']['message']}): {not_yours}; check that the course is installed (course doctor)."
+    for e in run["events"]:
         if e.get("event") == "answer_error": return 0.0, "wrong", _error_words(e["error"], "Your cell")
         if e.get("event") == "missing_name": return 0.0, "wrong", f"Your cell doesn't define `{key['name']}`: keep the name the question gives."
-    if "ready" not in kinds:
+    if not any(e.get("event") == "ready" for e in run["events"]):
         if run["timed_out"]: return 0.0, "error", f"The question's setup took longer than {SETUP_TIMEOUT:.0f} s; try again when the machine is less busy."
-        return 0.0, "error", "The grading process could not start (is Python able to import the course package?)."
-    cases = {e["case"]: e for e in events if e.get("event") == "case"}
-    passed = sum(1 for e in cases.values() if e["ok"])
-    frac = round(passed / len(tests), 4)
-    head = f"{passed} of {len(tests)} cases pass."
-    failed = [i for i in range(len(tests)) if i in cases and not cases[i]["ok"]]
+        return 0.0, "error", f"The grading process stopped before your code ran (exit status {run['returncode']}); {not_yours}: try again."
+    expected, cases = _cases(model, len(tests)), _cases(run, len(tests))
+    if len(expected) < len(tests) or not all(e.get("ok") is True for e in expected.values()):
+        bad = next((i for i in range(len(tests)) if i not in expected or expected[i].get("ok") is not True), 0)
+        why = _error_words(expected[bad]["error"], "it") if bad in expected else _stopped(model, tests)
+        return 0.0, "error", f"The question's model solution fails case '{tests[bad][0]}' here ({why}); {not_yours}: please report it."
+    optional = key.get("optional") or [[] for _ in tests]
+    passed = [i for i in range(len(tests)) if i in cases and cases[i].get("ok") is True
+              and values_match(cases[i].get("values"), expected[i].get("values"), set(optional[i]))]
+    if len(passed) == len(tests): return 1.0, "correct", ""
+    frac = round(len(passed) / len(tests), 4)
+    head = f"{len(passed)} of {len(tests)} cases pass."
+    failed = [i for i in range(len(tests)) if i in cases and i not in passed]
     if failed:
-        i, err = failed[0], cases[failed[0]]["error"]
-        if err["type"] == "AssertionError":
-            detail = f": {err['message']}" if key.get("reveal") and err["message"] else "."
-            why = f"Case '{tests[i][0]}' fails{detail}"
-        else: why = f"Case '{tests[i][0]}': " + _error_words(err, "your code")
-        head += " " + why
-    if "done" not in kinds:
-        started = [e["case"] for e in events if e.get("event") == "start"]
-        if run["timed_out"]:
-            where = f"case '{tests[started[-1]][0]}'" if started else "your cell, before the tests"
-            head = f"{head} Stopped: {where} ran longer than {_fmt(run['timeout'])} s (an endless loop, or too much work?)."
-        else:
-            rc = run["returncode"]
-            how = f"crashed (signal {signal.Signals(-rc).name})" if rc and rc < 0 and -rc in signal.valid_signals() else "ended the grading process early (os._exit?)"
-            where = f"during case '{tests[started[-1]][0]}'" if started else "before the tests"
-            head = f"{head} Your code {how} {where}."
-    if passed == len(tests): return 1.0, "correct", ""
+        i = failed[0]
+        err = cases[i].get("error") if isinstance(cases[i].get("error"), dict) else {}
+        if cases[i].get("ok") is True: head += f" Case '{tests[i][0]}' fails: the values it checks differ from the model solution's."
+        elif err.get("type") == "AssertionError":
+            head += f" Case '{tests[i][0]}' fails" + (f": {err.get('message')}" if key.get("reveal") and err.get("message") else ".")
+        else: head += f" Case '{tests[i][0]}': " + _error_words(err, "your code")
+    if not any(e.get("event") == "done" for e in run["events"]): head += " " + _stopped(run, tests)
     return frac, "partly" if frac > 0 else "wrong", head
 
-
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0042s3
 def is_stub(source: str, name: str) -> bool:
     "True when `source` is still a blank slot: empty, or function `name`'s body is only a docstring, '...', 'pass' or raise NotImplementedError."
     try: tree = ast.parse(_neutralise_magics(source))
@@ -356,10 +485,11 @@ def _code_source(answer) -> str:
 
 
 def grade_code(key: dict, answer, timeout: float | None = None) -> tuple[float, str, str]:
-    "Grade a code answer (the cell's source, without its check call) by running the key's tests in a separate process (questionnaire library)."
+    "Grade a code answer (the cell's source, without its check call): the key's tests run on it in one process, on the model solution in another (questionnaire library)."
     try: source = _code_source(answer)
     except ValueError as e: return 0.0, "error", str(e)
     if is_stub(source, key["name"]): return 0.0, "not answered", ""
+    key = instrumented(key)
     return code_feedback(key, run_code(source, key, timeout))
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0044
@@ -402,6 +532,22 @@ def _defined_names(tree) -> set[str]:
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0047
 GRADERS = {"choice": grade_choice, "number": grade_number, "short": grade_short, "concepts": grade_concepts, "open": grade_open}
+ANSWER_LIMITS = {"choice": 1_000, "number": 1_000, "short": 1_000, "concepts": 20_000, "open": 20_000, "code": 1_000_000}  # characters read
+_LIMIT_ADVICE = {"choice": "give the letter(s) of your choice", "number": "give one number", "short": "a short answer is a term or a short phrase",
+                 "concepts": "answer in a few sentences of your own", "open": "answer in a few sentences of your own",
+                 "code": "keep only your code in the cell"}
+
+
+def too_big(kind: str, answer) -> str:
+    "Why `answer` is too big to grade as a `kind` answer, or '': the checker reads nothing longer than ANSWER_LIMITS, so no answer costs it much work."
+    if isinstance(answer, int) and not isinstance(answer, bool) and answer.bit_length() > 3400:
+        return f"That number has more than 1,000 digits, far more than any answer here: {_LIMIT_ADVICE.get(kind, 'write a shorter answer')}."
+    limit = ANSWER_LIMITS.get(kind, 1_000)
+    if isinstance(answer, (str, bytes, list, tuple, set, dict)) and len(answer) > limit:
+        unit = "characters" if isinstance(answer, (str, bytes)) else "items"
+        return (f"Your answer is {len(answer):,} {unit} long; the checker reads a {kind} answer only up to {limit:,}, so it did not "
+                f"grade it: {_LIMIT_ADVICE.get(kind, 'write a shorter answer')}.")
+    return ""
 
 
 def _result(key: dict, frac: float, verdict: str, feedback: str) -> Result:
@@ -415,6 +561,7 @@ def grade(key: dict, answer, timeout: float | None = None) -> Result:
     kind = key.get("kind")
     if _blank(answer) or (kind == "choice" and isinstance(answer, (list, tuple, set)) and not answer):
         return _result(key, 0.0, "not answered", "")
+    if too_big(kind, answer): return _result(key, 0.0, "wrong", too_big(kind, answer))
     try:
         if kind == "code": return _result(key, *grade_code(key, answer, timeout))
         return _result(key, *GRADERS[kind](key, answer))
@@ -426,20 +573,16 @@ def grade_many(pairs: list[tuple[dict, object]], timeout: float | None = None) -
     "Grade (key, answer) pairs like `grade`, the code answers that need running sharing one grading process (questionnaire library)."
     results, pending = [None] * len(pairs), []
     for i, (k, answer) in enumerate(pairs):
-        if k.get("kind") == "code" and not _blank(answer):
+        if k.get("kind") == "code" and not _blank(answer) and not too_big("code", answer):
             try: source = _code_source(answer)
             except ValueError as e: results[i] = _result(k, 0.0, "error", str(e)); continue
             if not is_stub(source, k["name"]): pending.append((i, source)); continue
         results[i] = grade(k, answer, timeout)
-    if pending:
-        # two grading processes at most, each taking a contiguous share of the answers
-        n = max(1, min(GRADERS_AT_ONCE, len(pending)))
-        shares = [pending[j * len(pending) // n:(j + 1) * len(pending) // n] for j in range(n)]
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            done = pool.map(lambda share: run_code_many([(source, pairs[i][0]) for i, source in share], timeout), shares)
-            runs = [run for share_runs in done for run in share_runs]
+    if pending:  # the answers share one grading process, the model solutions another
+        keys = {i: instrumented(pairs[i][0]) for i, _ in pending}
+        runs = run_code_many([(source, keys[i]) for i, source in pending], timeout)
         for (i, _), run in zip(pending, runs):
-            try: results[i] = _result(pairs[i][0], *code_feedback(pairs[i][0], run))
+            try: results[i] = _result(pairs[i][0], *code_feedback(keys[i], run))
             except Exception as e: results[i] = _result(pairs[i][0], 0.0, "error", f"The checker failed on this answer ({e}); please report it.")
     return results
 

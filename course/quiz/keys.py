@@ -15,7 +15,7 @@ from pathlib import Path
 from ..utils import atomic_write
 
 # %% auto #0
-__all__ = ['KINDS', 'COMMON_FIELDS', 'OBJECTIVE_KINDS', 'QID_RE', 'ANSWER_RE', 'QUESTION_RE', 'OPTION_RE', 'KEY_HEADER', 'chapter_of', 'qid_order', 'anchor', 'validate_key', 'parse_key_cell', 'package_dir', 'keys_dir', 'encode_keys', 'decode_keys', 'NotebookError', 'read_cells', 'headings', 'notebook_questions', 'compile_keys', 'write_keys', 'key_file', 'load_keys', 'available_chapters']
+__all__ = ['KINDS', 'COMMON_FIELDS', 'OBJECTIVE_KINDS', 'QID_RE', 'ANSWER_RE', 'QUESTION_RE', 'OPTION_RE', 'KEY_HEADER', 'NOTEBOOK_LIMIT', 'chapter_of', 'qid_order', 'anchor', 'validate_key', 'parse_key_cell', 'package_dir', 'keys_dir', 'encode_keys', 'decode_keys', 'NotebookError', 'read_cells', 'headings', 'notebook_questions', 'compile_keys', 'write_keys', 'key_file', 'load_keys', 'available_chapters', 'question_problem']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0004
 KINDS = {  # kind -> (required fields, optional fields), besides the common ones
@@ -198,11 +198,19 @@ def _source(cell: dict) -> str:
     return src if isinstance(src, str) else ""
 
 
+NOTEBOOK_LIMIT = 256 * 1024**2  # bytes: a bigger file is not read
+
+
 def read_cells(path) -> tuple[list[dict], dict]:
     "The cells of the notebook at `path` as dicts with 'cell_type' and 'source' text, and its metadata; any nbformat from 3 (questionnaire library)."
     p = Path(path)
     if not p.exists(): raise NotebookError(f"{p}: no such file")
     if p.is_dir(): raise NotebookError(f"{p} is a folder, not a notebook")
+    if not p.is_file(): raise NotebookError(f"{p} is not a file (a device or a pipe?), so not a notebook")
+    try: size = p.stat().st_size
+    except OSError as e: raise NotebookError(f"{p}: cannot read it ({e.strerror})") from None
+    if size > NOTEBOOK_LIMIT:
+        raise NotebookError(f"{p} is {size / 1024**2:,.0f} MB, too large to check: clear its outputs in Jupyter (Edit > Clear Outputs of All Cells), save it and check again")
     try: raw = p.read_bytes()
     except OSError as e: raise NotebookError(f"{p}: cannot read it ({e.strerror})") from None
     try: nb = json.loads(raw.decode("utf-8-sig"))
@@ -211,18 +219,24 @@ def read_cells(path) -> tuple[list[dict], dict]:
         raise NotebookError(f"{p} is not valid notebook JSON (line {e.lineno}, column {e.colno}: {e.msg}); it may have been cut short: "
                             "in Jupyter use File > Revert to checkpoint, or start again from the stripped notebook") from None
     except RecursionError: raise NotebookError(f"{p} is nested too deeply to be a notebook") from None
+    except ValueError as e: raise NotebookError(f"{p} is not valid notebook JSON ({str(e)[:80]})") from None
     if not isinstance(nb, dict) or not ("cells" in nb or "worksheets" in nb):
         raise NotebookError(f"{p} is JSON but not a Jupyter notebook (it has no cells)")
     version = nb.get("nbformat")
     if isinstance(version, int) and version < 3: raise NotebookError(f"{p} uses nbformat {version}, too old to read: open and save it in Jupyter first")
     if "cells" in nb: cells = nb["cells"]
-    else: cells = [c for ws in nb["worksheets"] if isinstance(ws, dict) for c in (ws.get("cells") or [])]  # nbformat 3
+    else:  # nbformat 3
+        sheets = nb["worksheets"] if isinstance(nb["worksheets"], list) else []
+        cells = [c for ws in sheets if isinstance(ws, dict) and isinstance(ws.get("cells"), list) for c in ws["cells"]]
     if not isinstance(cells, list): raise NotebookError(f"{p} is damaged: its 'cells' is not a list")
     out = []
     for c in cells:
         if not isinstance(c, dict): continue
         kind, src = c.get("cell_type"), _source(c)
-        if kind == "heading": kind, src = "markdown", "#" * int(c.get("level", 1) or 1) + " " + src  # nbformat 3 headings
+        kind = kind if isinstance(kind, str) else None
+        if kind == "heading":  # nbformat 3 headings
+            level = c.get("level")
+            kind, src = "markdown", "#" * (level if isinstance(level, int) and 1 <= level <= 6 else 1) + " " + src
         out.append({"cell_type": kind, "source": src})
     return out, nb.get("metadata") if isinstance(nb.get("metadata"), dict) else {}
 
@@ -314,3 +328,16 @@ def available_chapters(folder=None) -> list[str]:
     "The chapters whose answer keys ship with the package."
     d = Path(folder or keys_dir())
     return sorted(p.stem for p in d.glob("*.key")) if d.is_dir() else []
+
+
+def question_problem(qid) -> str:
+    "What is wrong with question id `qid` ('' when the package ships that question): not an id, or no such question; checked before anything is graded or recorded."
+    if not isinstance(qid, str) or not QID_RE.match(qid):
+        return f"{str(qid)[:40]!r} is not a question id: ids look like \"04.07\" (chapter.number); copy the check(...) line from the question's cell."
+    chapter, num = qid.rsplit(".", 1)
+    if qid in load_keys(chapter): return ""
+    guess = f"{int(chapter):02d}.{int(num):02d}" if chapter.isdigit() else ""
+    if guess and guess != qid and guess in load_keys(guess.rsplit(".", 1)[0]): return f"There is no question {qid}: did you mean {guess}?"
+    if not key_file(chapter):
+        return f"There is no question {qid}: this installation has no questionnaire for chapter {chapter}; check the id, or update the course (git pull, pip install -e .)."
+    return f"There is no question {qid} in chapter {chapter}: check the id, or update the course (git pull, pip install -e .)."

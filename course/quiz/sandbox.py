@@ -18,20 +18,27 @@ import time
 from .keys import package_dir
 
 # %% auto #0
-__all__ = ['CODE_TIMEOUT', 'SETUP_TIMEOUT', 'MEMORY_LIMIT', 'OUTPUT_LIMIT', 'FILE_LIMIT', 'GRADERS_AT_ONCE', 'STUB_RE', 'run_code_many', 'run_code']
+__all__ = ['CODE_TIMEOUT', 'SETUP_TIMEOUT', 'WALL_FACTOR', 'WALL_MIN', 'MEMORY_LIMIT', 'OUTPUT_LIMIT', 'FILE_LIMIT', 'FORK_LIMIT', 'VALUES_LIMIT', 'GRADERS_AT_ONCE', 'STUB_RE', 'run_code_many', 'run_code']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0038
-CODE_TIMEOUT = 5.0          # seconds for your code and the tests, after the setup
-SETUP_TIMEOUT = 120.0       # seconds for the key's setup (imports) before that
+CODE_TIMEOUT = 5.0          # seconds of CPU time for your code and the tests, after the setup
+SETUP_TIMEOUT = 120.0       # seconds for the key's setup and the imports its tests need, before that
+WALL_FACTOR, WALL_MIN = 10.0, 60.0  # an answer still running after max(WALL_MIN, WALL_FACTOR × its limit) seconds is stopped
 MEMORY_LIMIT = 2 * 1024**3  # bytes of address space beyond what the setup uses
 OUTPUT_LIMIT = 1_000_000    # characters of printed output
 FILE_LIMIT = 64 * 1024**2   # bytes in any one file written
+FORK_LIMIT = 64             # processes an answer may start, all its descendants together
+VALUES_LIMIT = 4_000_000    # characters of checked values one test may send back
 GRADERS_AT_ONCE = min(2, os.cpu_count() or 1)  # grading processes run side by side
 STUB_RE = re.compile(r"^\s*(?:\.\.\.|pass|raise\s+NotImplementedError\b.*)\s*$")
 
 
 class _OutputLimit(BaseException):
     "Raised in the grading process when an answer prints more than OUTPUT_LIMIT characters."
+
+
+class _ValuesLimit(BaseException):
+    "Raised in the grading process when the values one test checks run past VALUES_LIMIT characters."
 
 
 class _CappedStream:
@@ -50,142 +57,475 @@ def _describe(e: BaseException) -> dict:
     "An exception as JSON: its type, message and the line of the answer it came from."
     import traceback
     line = None
-    for fr in traceback.extract_tb(e.__traceback__):
+    try: frames = traceback.extract_tb(e.__traceback__)
+    except Exception: frames = []
+    for fr in frames:
         if fr.filename == "<your answer>": line = fr.lineno
     if isinstance(e, SyntaxError) and e.filename == "<your answer>": line = e.lineno
-    msg = e.msg if isinstance(e, SyntaxError) else str(e)
+    try: msg = str(e.msg if isinstance(e, SyntaxError) else e)
+    except Exception: msg = ""  # an answer's exception whose str() fails
     return {"type": type(e).__name__, "message": msg[:300], "line": line}
 
 
-def _limit_resources(memory: int, max_file: int):
-    "Cap the grading process's address space (beyond its current size) and file size, where the OS allows."
+def _limit_resources(memory: int, max_file: int, cpu: float):
+    "Cap the grading child's address space (beyond its current size), file size and CPU time, and turn off core dumps, where the OS allows."
     try: import resource
     except ImportError: return
     try:
         with open("/proc/self/statm") as f: used = int(f.read().split()[0]) * resource.getpagesize()
     except (OSError, ValueError, IndexError): used = None  # no /proc (macOS): leave the address space alone
     if hasattr(signal, "SIGXFSZ"): signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big file raises OSError instead of killing
-    for which, value in ((getattr(resource, "RLIMIT_AS", None), None if used is None else used + memory),
-                         (getattr(resource, "RLIMIT_FSIZE", None), max_file)):
-        if which is None or value is None: continue
+    seconds = max(1, int(-(-cpu // 1)))  # past the soft CPU limit SIGXCPU stops the child; a second later SIGKILL does
+    for name, soft, hard in (("RLIMIT_AS", None if used is None else used + memory, None), ("RLIMIT_FSIZE", max_file, None),
+                             ("RLIMIT_CPU", seconds, seconds + 1), ("RLIMIT_CORE", 0, None)):
+        which = getattr(resource, name, None)
+        if which is None or soft is None: continue
         try:
-            hard = resource.getrlimit(which)[1]
-            resource.setrlimit(which, (value if hard == resource.RLIM_INFINITY else min(value, hard), hard))
+            top = resource.getrlimit(which)[1]
+            cap = lambda v: v if top == resource.RLIM_INFINITY else min(v, top)
+            resource.setrlimit(which, (cap(soft), top if hard is None else cap(hard)))
         except (ValueError, OSError): pass
 
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0038s1
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36  # options of Linux's prctl
+_PRCTL: list = []  # the C library's prctl, looked up before any answer runs (the guard refuses the look-up afterwards)
 
-def _grade_question(q: dict, ns: dict, send, job: dict):
-    "In the grading process: limit resources, run one answer and its tests in `ns`, reporting each event."
-    _limit_resources(job["memory"], job["max_file"])
+
+def _prctl(option: int, value: int):
+    "Call Linux's prctl(option, value); do nothing on other systems."
+    if not _PRCTL:
+        try:
+            import ctypes
+            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None)
+        except (ImportError, OSError, AttributeError): _PRCTL.append(None)
+    if _PRCTL[0] is not None: _PRCTL[0](option, int(value))
+
+
+def _die_with_parent(ppid: int):
+    "Make this grading process die with its parent `ppid`, even after os.setsid(): a parent-death signal (Linux) and a watchdog thread."
+    import threading
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != ppid: os._exit(1)  # the parent was gone before the signal was set
+    def watch():
+        while os.getppid() == ppid: time.sleep(0.25)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="course-watchdog", daemon=True).start()
+
+
+def _kill_leftovers(group: int):
+    "Kill what an answer left running: its process group, and any orphan of it that came back to this process (a subreaper)."
+    try: os.killpg(group, signal.SIGKILL)
+    except OSError: pass
+    me = str(os.getpid())
+    for entry in (os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            with open(f"/proc/{entry}/stat") as f: ppid = f.read().rsplit(")", 1)[1].split()[1]
+            if entry.isdigit() and ppid == me: os.kill(int(entry), signal.SIGKILL)
+        except (OSError, IndexError): continue
+    while True:  # reap them
+        try: pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError: break
+        if pid == 0: break
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0038s2
+_SPAWNS = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.startfile"}
+_CHANGES = {  # audit event -> positions of its path arguments, and of their dir_fd arguments
+    "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir": ((0,), (2,)), "os.rename": ((0, 1), (2, 3)),
+    "os.link": ((0, 1), (2, 3)), "os.symlink": ((1,), (2,)), "os.truncate": ((0,), (None,)), "os.chmod": ((0,), (2,)),
+    "os.chown": ((0,), (3,)), "os.utime": ((0,), (3,)), "os.chflags": ((0,), (None,)), "os.lchflags": ((0,), (None,)),
+    "os.setxattr": ((0,), (None,)), "os.removexattr": ((0,), (None,)), "shutil.rmtree": ((0,), (1,))}
+_C_CALLS = set("""fork vfork clone clone3 execve execv execvp execvpe execl execlp execle fexecve system popen posix_spawn posix_spawnp
+kill killpg tgkill tkill sigqueue prctl ptrace syscall setrlimit prlimit prlimit64 open open64 openat openat64 fopen fopen64 creat
+unlink unlinkat rename renameat renameat2 truncate link linkat symlink symlinkat process_vm_readv pidfd_open pidfd_send_signal""".split())
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def _within(path, folders) -> bool:
+    p = os.path.realpath(os.fsdecode(path))
+    return any(p == f or p.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def _at(path, dir_fd):
+    "`path` as an absolute path, `dir_fd` (a folder's file descriptor, or None/-1) resolved through /proc."
+    path = os.fsdecode(path)
+    if dir_fd in (None, -1) or os.path.isabs(path): return path
+    try: return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+    except OSError: return "/"  # a folder we cannot name counts as outside
+
+
+def _foreign_proc(path) -> bool:
+    "True when `path` is inside /proc/<pid>/ of another process (its memory, files, environment)."
+    for p in (os.path.abspath(os.fsdecode(path)), os.path.realpath(os.fsdecode(path))):
+        parts = p.split(os.sep)
+        if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != str(os.getpid()): return True
+    return False
+
+
+def _may_signal(pid: int, group: bool) -> bool:
+    "True when a grading child may signal `pid` (a process group with `group`): itself, its own group, or a process it started."
+    me = os.getpid()
+    if group: return pid in (0, os.getpgrp())
+    if pid in (0, me) or pid == -os.getpgrp(): return True
+    while pid > 1:  # climb from `pid` through its parents, looking for this process
+        try:
+            with open(f"/proc/{pid}/stat") as f: pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError): return False
+        if pid == me: return True
+    return False
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0038s3
+def _guard(tmp: str, secret: list[str]):
+    "In a grading child, refuse what no answer needs: reading the answer keys or any notebook, changing files outside its own folder, starting programs, signalling processes it did not start, starting more than FORK_LIMIT processes, changing its limits."
+    import mmap
+    forks = mmap.mmap(-1, 8)  # shared with every process the answer forks: one count for all of them
+    own, busy = [os.path.realpath(tmp), os.devnull], []
+
+    def refuse(what: str): raise PermissionError(f"the checker does not let an answer {what}")
+
+    def hook(event: str, args: tuple):
+        if busy: return  # our own look-ups in /proc
+        busy.append(event)
+        try:
+            if event == "open":
+                path, mode, flags = args
+                if isinstance(path, int): return
+                name = os.fsdecode(path)
+                if name.endswith((".key", ".ipynb")) or _within(name, secret) or _foreign_proc(name): refuse(f"open {name}")
+                if ((isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITES)) and not _within(name, own):
+                    refuse(f"write outside its own folder ({name})")
+            elif event in _CHANGES:
+                paths, fds = _CHANGES[event]
+                for i, fd in zip(paths, fds):
+                    if i < len(args) and not isinstance(args[i], int):
+                        where = _at(args[i], args[fd] if fd is not None and fd < len(args) else None)
+                        if not _within(where, own): refuse(f"change files outside its own folder ({where})")
+            elif event in _SPAWNS: refuse("start other programs")
+            elif event in ("os.fork", "os.forkpty"):
+                n = int.from_bytes(forks[:8], "little") + 1
+                if n > FORK_LIMIT: refuse(f"start more than {FORK_LIMIT} processes")
+                forks[:8] = n.to_bytes(8, "little")
+            elif event in ("os.kill", "os.killpg"):
+                if not _may_signal(args[0], event == "os.killpg"): refuse("signal a process it did not start")
+            elif event in ("resource.setrlimit", "resource.prlimit"): refuse("change its limits")
+            elif event == "ctypes.dlsym" and len(args) > 1 and args[1] in _C_CALLS: refuse(f"call {args[1]}() through ctypes")
+        finally: busy.clear()
+    sys.addaudithook(hook)
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0038s4
+_SAMPLE = 256  # values kept of a long list or a big tensor (spread over it), besides its sums
+
+
+def _array(x):
+    "A tensor, NumPy array or NumPy scalar as {'array': shape, 'values': [...], 'sums': [sum, sum of |x|] when sampled}; None for anything else."
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")
+    if torch is not None and isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.layout != torch.strided: t = t.to_dense()
+        if t.is_complex(): t = torch.view_as_real(t)
+        flat = t.reshape(-1).to("cpu", torch.float64)
+        pick = lambda idx: flat[torch.as_tensor(idx)]
+    elif np is not None and isinstance(x, (np.ndarray, np.generic)):
+        a = np.asarray(x)
+        if a.dtype.kind not in "biufc": return None
+        if a.dtype.kind == "c": a = np.stack([a.real, a.imag], -1)
+        flat = a.astype(np.float64).reshape(-1)
+        pick = lambda idx: flat[np.asarray(idx)]
+    else: return None
+    n, out = len(flat), {"array": [int(s) for s in x.shape]}
+    if n <= _SAMPLE: return {**out, "values": flat.tolist()}
+    return {**out, "values": pick([i * (n - 1) // (_SAMPLE - 1) for i in range(_SAMPLE)]).tolist(),
+            "sums": [float(flat.sum()), float(abs(flat).sum())]}
+
+
+def _plain(x, depth: int = 0):
+    "A JSON description of a value a test checks, to compare with the model solution's: numbers and short text as they are, containers item by item, arrays by `_array`, other objects by type."
+    if x is None or isinstance(x, bool): return x
+    if isinstance(x, float): return float(x)
+    if isinstance(x, int): return int(x) if -2**63 <= x < 2**63 else {"int": [x.bit_length(), x % 1_000_000_007]}
+    if isinstance(x, (str, bytes)):
+        if isinstance(x, str) and len(x) <= 1000: return str(x)
+        import hashlib
+        data = x.encode("utf-8", "surrogatepass") if isinstance(x, str) else bytes(x)
+        return {type(x).__name__: [len(x), hashlib.sha256(data).hexdigest()]}
+    if isinstance(x, complex): return {"complex": [x.real, x.imag]}
+    try: arr = _array(x)
+    except Exception: return {"object": type(x).__qualname__, "shape": str(getattr(x, "shape", ""))[:100]}
+    if arr is not None: return arr
+    if depth >= 8: return {"object": type(x).__qualname__}
+    if isinstance(x, (list, tuple)): return {"seq": [_plain(v, depth + 1) for v in list(x[:_SAMPLE])], "len": len(x)}
+    if isinstance(x, dict): return {"map": [[_plain(k, depth + 1), _plain(v, depth + 1)] for k, v in list(x.items())[:_SAMPLE]], "len": len(x)}
+    if isinstance(x, (set, frozenset)):
+        return {"set": sorted(json.dumps(_plain(v, depth + 1), sort_keys=True) for v in x) if len(x) <= _SAMPLE else [], "len": len(x)}
+    if isinstance(x, type): return {"class": x.__qualname__}
+    if isinstance(x, os.PathLike): return {"path": os.fsdecode(os.fspath(x))}
+    if callable(x): return {"callable": True}
+    import numbers
+    return float(x) if isinstance(x, numbers.Number) and not isinstance(x, complex) else {"object": type(x).__qualname__}
+
+
+def _recorder(values: list, dumps):
+    "The `__course_value__(node, value)` that instrumented tests call: it notes the description of `value` under the test's node number, and returns `value`."
+    size = [0]
+    def note(node, value):
+        try: plain = _plain(value)
+        except Exception: plain = {"object": type(value).__qualname__}  # an answer's object that breaks when looked at
+        size[0] += len(dumps(plain))
+        if size[0] > VALUES_LIMIT: raise _ValuesLimit(f"the values this test checks take more than {VALUES_LIMIT:,} characters")
+        values.append([node, plain])
+        return value
+    return note
+
+
+def _seed():
+    "Seed the random generators a test may draw from, so that the answer and the model solution see the same random inputs."
+    import random
+    random.seed(0)
+    np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    if np is not None: np.random.seed(0)
+    if torch is not None: torch.manual_seed(0)
+
+
+def _warm_up(tests: list, ns: dict):
+    "Import what the tests import or reach as attributes (like `torch.optim`) before the clock starts, so no first import counts against an answer."
+    import ast, importlib
+    names = set()
+    for _, test in tests:
+        try: tree = ast.parse(test)
+        except SyntaxError: continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import): names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+            elif isinstance(node, ast.Attribute):
+                parts = []
+                while isinstance(node, ast.Attribute): parts, node = [node.attr, *parts], node.value
+                module = ns.get(node.id) if isinstance(node, ast.Name) else None
+                if isinstance(module, type(sys)): names.update(".".join([module.__name__, *parts[:i]]) for i in range(1, len(parts) + 1))
+    for name in sorted(names):
+        try: importlib.import_module(name)
+        except BaseException: pass  # not a module (a function's name), or not installed: the test will say so
+    torch = sys.modules.get("torch")
+    if torch is not None and any("optim" in test for _, test in tests):
+        try:  # an optimizer's first step imports torch's compiler machinery, a second or more: pay for it here
+            p = torch.zeros(1, requires_grad=True)
+            p.grad = torch.zeros(1)
+            torch.optim.SGD([p], lr=0.1).step()
+        except Exception: pass
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0038s5
+def _grade_question(q: dict, ns: dict, send, job: dict, parent: int, dumps):
+    "In the child forked for one answer: tie it to its parent, set its limits and the guard, run the answer, then each test, sending back the values it checks."
+    os.close(job["control"])  # the grading process's own channel: an answer cannot speak on it
+    os.setpgid(0, 0)
+    _die_with_parent(parent)
+    forker = [0]  # every process the answer forks dies with the one that forked it
+    os.register_at_fork(before=lambda: forker.__setitem__(0, os.getpid()), after_in_child=lambda: _die_with_parent(forker[0]))
+    _limit_resources(job["memory"], job["max_file"], q["cpu"])
+    _guard(job["tmp"], job["secret"])
     sys.stdout = sys.stderr = _CappedStream(job["max_output"])
     try: exec(compile(q["source"], "<your answer>", "exec"), ns)
     except BaseException as e: send(event="answer_error", error=_describe(e)); return
     if q["name"] and q["name"] not in ns: send(event="missing_name"); return
     for i, (_, test) in enumerate(q["tests"]):
         send(event="start", case=i)
-        try: exec(compile(test, f"<test {i + 1}>", "exec"), dict(ns)); send(event="case", case=i, ok=True)
-        except BaseException as e: send(event="case", case=i, ok=False, error=_describe(e))
+        values = []
+        try:
+            _seed()
+            exec(compile(test, f"<test {i + 1}>", "exec"), {**ns, "__course_value__": _recorder(values, dumps)})
+            send(event="case", case=i, ok=True, values=values)
+        except BaseException as e: send(event="case", case=i, ok=False, error=_describe(e), values=values)
     send(event="done")
 
 
 def _run_child():
-    "The grading process: for each question of the job on stdin, run its setup, then its answer and tests in a forked child."
+    "The grading process: for each question of the job on stdin, run its setup and warm up, then grade the answer in a forked child."
     job = json.loads(sys.stdin.read())
-    report = os.fdopen(os.dup(1), "w", buffering=1)
+    _die_with_parent(job["parent"])
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # an answer's orphans come back to this process, which kills them
+    dumps = json.dumps  # held here, so an answer that replaces json.dumps cannot silence the report
+    report = os.fdopen(os.dup(1), "w", buffering=1)  # what the answer's child says, read by the parent
+    control = os.fdopen(job["control"], "w", buffering=1, closefd=False)  # what only this process says
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2): os.dup2(devnull, fd)  # output written straight to the file descriptors goes nowhere
     sys.stdout = sys.stderr = _CappedStream(job["max_output"])
     sys.path[:] = job["sys_path"]
     noop = lambda *args, **kwargs: None
-    dumps = json.dumps  # held here, so an answer that replaces json.dumps cannot silence the report
     for qi, q in enumerate(job["questions"]):
         send = lambda qi=qi, **event: (report.write(dumps({"q": qi, **event}) + "\n"), report.flush())
+        tell = lambda qi=qi, **event: (control.write(dumps({"q": qi, **event}) + "\n"), control.flush())
         ns = {"__name__": "__main__", "check": noop, "key": noop, "hint": noop, "check_all": noop}
         try: exec(compile(q["setup"], "<setup>", "exec"), ns)  # the author's imports: done once, shared by the forks
-        except BaseException as e: send(event="setup_error", error=_describe(e)); continue
-        send(event="ready")
-        if not hasattr(os, "fork"):  # no fork (Windows): run in this process, without isolation between questions
-            _grade_question(q, ns, send, job); send(event="exited", code=0); continue
-        pid = os.fork()
+        except BaseException as e: tell(event="setup_error", error=_describe(e)); continue
+        _warm_up(q["tests"], ns)
+        tell(event="ready")
+        me, pid = os.getpid(), os.fork()
         if pid == 0:
-            try: _grade_question(q, ns, send, job)
+            try: _grade_question(q, ns, send, job, me, dumps)
             finally: os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(status): send(event="exited", code=-os.WTERMSIG(status))
-        else: send(event="exited", code=os.WEXITSTATUS(status))
-    report.write(json.dumps({"event": "all_done"}) + "\n"); report.flush()
+        _, status, usage = os.wait4(pid, 0)
+        _kill_leftovers(pid)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        tell(event="exited", code=code, cpu=usage.ru_utime + usage.ru_stime)
+    control.write(dumps({"event": "all_done"}) + "\n"); control.flush()
     os._exit(0)
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0040
-def _start_grader(questions: list[dict], tmp: str):
-    job = {"questions": questions, "sys_path": [p for p in sys.path if p], "memory": MEMORY_LIMIT, "max_output": OUTPUT_LIMIT, "max_file": FILE_LIMIT}
+def _start_grader(questions: list[dict], tmp: str, secret: list[str]):
+    "Start a grading process in `tmp` for `questions`: it reports on its stdout (the answers' children) and on a pipe of its own (itself)."
+    r, w = os.pipe()
+    job = {"questions": questions, "sys_path": [p for p in sys.path if p], "memory": MEMORY_LIMIT, "max_output": OUTPUT_LIMIT,
+           "max_file": FILE_LIMIT, "parent": os.getpid(), "control": w, "tmp": tmp, "secret": secret}
     package_parent = str(package_dir().parent)
     cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {package_parent!r}); from course.quiz.sandbox import _run_child; _run_child()"]
-    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+    env = {**os.environ, "MPLBACKEND": "Agg", "MPLCONFIGDIR": tmp, "TMPDIR": tmp, "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONIOENCODING": "utf-8", "PYTHONHASHSEED": "0"}
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): env.setdefault(var, "1")
     env.setdefault("MALLOC_ARENA_MAX", "2")  # fewer malloc arenas: threads then reserve less address space
     env["CUDA_VISIBLE_DEVICES"] = ""  # grading runs on the CPU: CUDA would reserve more address space than the memory limit allows
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp, env=env,
-                            start_new_session=True)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp, env=env,
+                                start_new_session=True, pass_fds=(w,))
+    except OSError: os.close(r); raise
+    finally: os.close(w)
     try: proc.stdin.write(json.dumps(job).encode()); proc.stdin.close()
     except OSError: pass
-    return proc
+    return proc, os.fdopen(r, "rb", buffering=0)
 
 
-def _stop(proc):
+def _stop(proc, control):
+    "Kill a grading process's group (its children die with it), wait for it and close its pipes."
     if proc.poll() is None:
-        try: os.killpg(proc.pid, signal.SIGKILL)  # the grading process and any child it forked
+        try: os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError): proc.kill()
     proc.wait()
     proc.stdout.close()
+    control.close()
 
 
-def run_code_many(items: list[tuple[str, dict]], timeout: float | None = None) -> list[dict]:
-    "Run each (source, code key) answer and its tests in a limited grading process; one {'events', 'timed_out', 'returncode', 'timeout'} per item."
-    limits = [float(timeout or k.get("timeout") or CODE_TIMEOUT) for _, k in items]
-    runs = [{"events": [], "timed_out": False, "returncode": None, "timeout": t} for t in limits]
-    if os.name != "posix":  # the grading process relies on fork, process groups and selectable pipes
-        return [{**run, "unsupported": True} for run in runs]
-    questions = [{"setup": k.get("setup", ""), "source": src, "name": k.get("name", ""), "tests": k["tests"]} for src, k in items]
-    first = 0
-    with tempfile.TemporaryDirectory(prefix="course-check-") as tmp:
-        while first < len(items):
-            proc, buf, current, finished = _start_grader(questions[first:], tmp), b"", None, False
-            deadline = time.monotonic() + SETUP_TIMEOUT
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ)
-                while not finished:
-                    left = deadline - time.monotonic()
-                    if left <= 0: break
-                    if not sel.select(min(left, 1.0)): continue
-                    chunk = os.read(proc.stdout.fileno(), 65536)
-                    if not chunk: break
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        try: ev = json.loads(line)
-                        except ValueError: continue
-                        if ev.get("event") == "all_done": finished = True; break
-                        if not isinstance(ev.get("q"), int) or not 0 <= first + ev["q"] < len(items): continue
-                        i = first + ev["q"]
-                        runs[i]["events"].append(ev)
-                        if ev["event"] == "ready": current, deadline = i, time.monotonic() + limits[i]
-                        elif ev["event"] in ("exited", "setup_error"):
-                            runs[i]["returncode"] = ev.get("code", 0)
+_CONTROL_EVENTS, _ANSWER_EVENTS = {"ready", "setup_error", "exited"}, {"start", "case", "answer_error", "missing_name", "done"}
+_LINE_LIMIT = 4 * VALUES_LIMIT  # bytes of one line of the report: past that, it is not our protocol
+
+
+def _wall(cpu: float) -> float: return max(WALL_MIN, WALL_FACTOR * cpu)
+
+
+def _read_grader(proc, control, questions: list[dict], runs: list[dict], first: int):
+    "Collect a grading process's events into `runs` until it is done, dies or runs late; return (the question it was on, finished, late)."
+    pending = {"report": b"", "control": b""}
+    current, deadline = None, time.monotonic() + SETUP_TIMEOUT
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, "report")
+        sel.register(control, selectors.EVENT_READ, "control")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0: return current, False, True
+            for sk, _ in sel.select(min(left, 1.0)):
+                chunk = os.read(sk.fileobj.fileno(), 1 << 16)
+                if not chunk:
+                    if sk.data == "control": return current, False, False  # the grading process is gone
+                    sel.unregister(sk.fileobj); continue
+                *lines, pending[sk.data] = (pending[sk.data] + chunk).split(b"\n")
+                if len(pending[sk.data]) > _LINE_LIMIT:
+                    if sk.data == "control": return current, False, False
+                    sel.unregister(sk.fileobj)  # an answer writing garbage: stop listening to it
+                for line in lines:
+                    try: ev = json.loads(line)
+                    except (ValueError, RecursionError): continue
+                    if not (isinstance(ev, dict) and isinstance(ev.get("event"), str)): continue
+                    if sk.data == "control" and ev["event"] == "all_done": return current, True, False
+                    q = ev.get("q")
+                    if not (isinstance(q, int) and 0 <= first + q < len(runs)): continue
+                    i, run = first + q, runs[first + q]
+                    if sk.data == "control" and ev["event"] in _CONTROL_EVENTS:
+                        run["events"].append(ev)
+                        if ev["event"] == "ready": current, deadline = i, time.monotonic() + _wall(questions[i]["cpu"])
+                        else:
+                            run["returncode"], run["cpu"] = ev.get("code", 0), ev.get("cpu")
                             current, deadline = None, time.monotonic() + SETUP_TIMEOUT
-                    if len(buf) > 1_000_000: break  # not our protocol: stop reading
-            _stop(proc)
-            if finished: break
-            # the process was stopped or died: blame the question it was on, carry on after it
-            seen = [i for i in range(first, len(items)) if runs[i]["events"]]
-            i = current if current is not None else (max(seen) + 1 if seen else first)
-            if i >= len(items): break
-            runs[i]["timed_out"] = time.monotonic() >= deadline
-            if runs[i]["returncode"] is None: runs[i]["returncode"] = proc.returncode
-            first = i + 1
+                    elif sk.data == "report" and i == current and ev["event"] in _ANSWER_EVENTS and len(run["events"]) < 10_000:
+                        run["events"].append(ev)
+
+
+def _run_batch(questions: list[dict], tmp: str, secret: list[str]) -> list[dict]:
+    "Grade `questions` in grading processes, a fresh one after any that had to be stopped or died; one run per question."
+    runs = [{"events": [], "timed_out": False, "returncode": None, "cpu": None, "timeout": q["cpu"], "wall": _wall(q["cpu"]),
+             "failure": "", "retried": False} for q in questions]
+    first = 0
+    while first < len(questions):
+        try: proc, control = _start_grader(questions[first:], tmp, secret)
+        except OSError as e:
+            for run in runs[first:]: run["failure"] = f"the grading process could not start: {e.strerror or e}"
+            break
+        try: current, finished, late = _read_grader(proc, control, questions, runs, first)
+        finally: _stop(proc, control)
+        if finished: break
+        # the process was stopped or died: the question it was on gets the blame or a second try, the others a fresh process
+        i = current if current is not None else next((j for j in range(first, len(runs)) if runs[j]["returncode"] is None), len(runs))
+        if i >= len(runs): break
+        runs[i]["timed_out"] = late
+        if runs[i]["returncode"] is None: runs[i]["returncode"] = proc.returncode
+        first = i + 1
+    for run in runs:  # past the soft CPU limit the child gets SIGXCPU; one that ignores it, SIGKILL at the hard limit
+        code, cpu = run["returncode"], run["cpu"]
+        run["cpu_limited"] = code == -getattr(signal, "SIGXCPU", 0) or (code == -signal.SIGKILL and cpu is not None and cpu >= run["timeout"])
+    return runs
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0040s1
+def _accident(run: dict) -> bool:
+    "True when a run ended in a way its answer need not have caused: the grading process could not start or was killed by a signal that no limit of ours sent."
+    if run["failure"]: return True
+    if run["timed_out"] or run["cpu_limited"] or any(e.get("event") in ("done", "setup_error") for e in run["events"]): return False
+    return run["returncode"] is not None and run["returncode"] < 0
+
+
+def _secret_folders() -> list[str]:
+    "The folders no answer may read: the package's answer keys, and the notebooks and history of the repository it was installed from."
+    from course.quiz.keys import keys_dir
+    root = package_dir().parent
+    return [os.path.realpath(p) for p in (keys_dir(), root / "nbs", root / ".git")]
+
+
+def _grade_runs(questions: list[dict]) -> list[dict]:
+    "Run `questions` in grading processes in a fresh temporary folder; a run that ended by accident (see `_accident`) is run once more."
+    if not questions: return []
+    secret = _secret_folders()
+    with tempfile.TemporaryDirectory(prefix="course-check-", ignore_cleanup_errors=True) as tmp:
+        runs = _run_batch(questions, tmp, secret)
+        again = [i for i, run in enumerate(runs) if _accident(run)]
+        if again:
+            for i, run in zip(again, _run_batch([questions[i] for i in again], tmp, secret)): runs[i] = {**run, "retried": True}
     return runs
 
 
+_MODEL_RUNS: dict = {}  # the run of a key's model solution, by its setup, code and tests: made once per session
+
+
+def run_code_many(items: list[tuple[str, dict]], timeout: float | None = None) -> list[dict]:
+    "Run each (source, code key) answer with the key's tests in a limited grading process, the key's model solution in another; one run per item, the model's under 'model'."
+    limits = [float(timeout or k.get("timeout") or CODE_TIMEOUT) for _, k in items]
+    if os.name != "posix":  # the grading process relies on fork, process groups and selectable pipes
+        return [{"unsupported": True, "events": [], "timeout": t} for t in limits]
+    question = lambda source, k, cpu: {"setup": k.get("setup", ""), "source": source, "name": k.get("name", ""), "tests": k["tests"], "cpu": cpu}
+    model_ids = [json.dumps([k.get("setup", ""), k["solution"], k.get("name", ""), k["tests"]]) for _, k in items]
+    todo = sorted({m for m in model_ids if m not in _MODEL_RUNS})
+    by_id = {m: (k, t) for m, (_, k), t in zip(model_ids, items, limits)}
+    models = [question(by_id[m][0]["solution"], by_id[m][0], max(60.0, 10 * by_id[m][1])) for m in todo]  # trusted code: a generous limit
+    own = [i for i, (source, k) in enumerate(items) if source.strip() != k["solution"].strip()]  # the others are the model solution itself
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=GRADERS_AT_ONCE) as pool:
+        model_runs, answer_runs = pool.map(_grade_runs, [models, [question(items[i][0], items[i][1], limits[i]) for i in own]])
+    fresh = dict(zip(todo, model_runs))
+    for m, run in fresh.items():
+        if any(e.get("event") == "done" for e in run["events"]) and all(e.get("ok") for e in run["events"] if e.get("event") == "case"):
+            _MODEL_RUNS[m] = run
+    answers = dict(zip(own, answer_runs))
+    out = []
+    for i, m in enumerate(model_ids):
+        model = fresh.get(m) or _MODEL_RUNS[m]
+        out.append({**answers.get(i, {**model, "timeout": limits[i]}), "model": model})
+    return out
+
+
 def run_code(source: str, key: dict, timeout: float | None = None) -> dict:
-    "Run `source` then the tests of code key `key` in a separate, limited process: {'events', 'timed_out', 'returncode', 'timeout'}."
+    "Run `source` then the tests of code key `key` in a separate, limited process, and the model solution in another (see `run_code_many`)."
     return run_code_many([(source, key)], timeout)[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import course_home
 from ..quiz.checker import check_notebook
 from ..quiz.display import results_table
-from ..quiz.keys import NotebookError, available_chapters, key_file
+from ..quiz.keys import NotebookError, available_chapters, key_file, question_problem
 from ..utils import atomic_write, file_lock, in_notebook
 
 # %% auto #0
@@ -136,7 +136,9 @@ def run_check(path: str, as_json: bool = False) -> int:
         print(f"course check: {e}", file=sys.stderr)
         return 2
     recorded, warning = None, ""
-    try: recorded = record_results(str(Path(path).resolve()), [r.to_dict() for r in results])
+    try:
+        known = [r.to_dict() for r in results if not question_problem(r.qid)]  # ids are checked before anything is recorded
+        if known: recorded = record_results(str(Path(path).resolve()), known)
     except (OSError, ValueError) as e: warning = f"(progress not recorded: {e})"
     if as_json:
         got, total = sum(r.score for r in results), sum(r.points for r in results)
