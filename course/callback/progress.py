@@ -131,6 +131,7 @@ class ProgressCallback(Callback):
         if self.notebook and self.bar is None:  # one bar per fit, redrawn for each phase
             from IPython.display import HTML, display
             self.bar = display(HTML(""), display_id=True)
+        self._draw(0, self.start)  # the bar at 0 at once: the first batch can take a while (data workers starting)
 
     def after_batch(self):
         now = time.perf_counter()

@@ -9,15 +9,20 @@ import errno
 import hashlib
 import http.client
 import json
+import lzma
 import os
+import re
 import shutil
 import socket
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -25,10 +30,11 @@ from ..config import data_dir, is_offline, read_config
 from ..utils import atomic_write, file_lock
 
 # %% auto #0
-__all__ = ['DATASETS', 'URLs', 'Dataset', 'dataset_info', 'url_of', 'data_mirror', 'mirrored_url', 'DownloadError',
-           'ChecksumError', 'UnsafeArchiveError', 'KaggleCredentialsError', 'md5_head', 'sha256_file',
-           'recorded_checksum', 'record_checksum', 'download_url', 'extract_archive', 'kaggle_credentials',
-           'untar_data']
+__all__ = ['DATASETS', 'MIN_SPEED', 'SPEED_WINDOW', 'RETRY_WAIT', 'MAX_DOWNLOAD', 'MAX_EXPANSION', 'MIN_EXTRACT_BYTES',
+           'MIN_EXTRACT_FILES', 'BYTES_PER_ENTRY', 'STALE_UNPACKING', 'URLs', 'Dataset', 'dataset_info', 'url_of',
+           'data_mirror', 'mirrored_url', 'DownloadError', 'ChecksumError', 'UnsafeArchiveError', 'DamagedArchiveError',
+           'UnsafeNameError', 'KaggleCredentialsError', 'md5_head', 'sha256_file', 'recorded_checksum',
+           'record_checksum', 'download_url', 'extract_archive', 'kaggle_credentials', 'untar_data']
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0005
 class URLs:
@@ -130,7 +136,13 @@ class ChecksumError(DownloadError):
     "A downloaded file does not match its published or recorded size or checksum (it has been deleted)."
 
 class UnsafeArchiveError(DownloadError):
-    "An archive holds a path that would land outside its folder (absolute, `..`, or a link); nothing was extracted."
+    "An archive holds a path or link that would land outside its folder, a device file, or far more data than its size; nothing was extracted."
+
+class DamagedArchiveError(DownloadError):
+    "A file is not a complete tar or zip archive (cut short, corrupted, or an error page instead of the data)."
+
+class UnsafeNameError(DownloadError, ValueError):
+    "A URL or registry entry whose name cannot safely name a file or folder in the data cache."
 
 class KaggleCredentialsError(DownloadError):
     "A Kaggle dataset was asked for without Kaggle credentials or a manually downloaded file."
@@ -151,7 +163,10 @@ def _explain(exc: BaseException, url: str, archive: Path | None, timeout: float)
     "A `DownloadError` whose message explains `exc` (raised while fetching `url`) to a learner."
     host = urllib.parse.urlsplit(url).hostname or url
     reason = getattr(exc, "reason", None)
-    if isinstance(exc, urllib.error.HTTPError):
+    if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 400:
+        msg = (f"Could not download {url}: the server's redirects lead nowhere usable (a redirect loop, more than 10 redirects, "
+               "or a redirect to an address that is not http or https). The address or the mirror is misconfigured.")
+    elif isinstance(exc, urllib.error.HTTPError):
         what = {404: "the file is not there (404 Not Found); the address may have moved, check for a course update",
                 403: "the server refused access (403 Forbidden)",
                 401: "the server wants credentials (401 Unauthorized)"}.get(exc.code, f"the server answered HTTP {exc.code} {exc.reason}")
@@ -164,8 +179,16 @@ def _explain(exc: BaseException, url: str, archive: Path | None, timeout: float)
         msg = f"Could not download {url}: {host} refused the connection. If you set COURSE_DATA_MIRROR, check that the mirror is running."
     elif isinstance(reason, OSError) and getattr(reason, "errno", None) in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         msg = f"Could not download {url}: no network route to {host}. This machine seems to be offline."
+    elif isinstance(exc, (http.client.InvalidURL, ValueError)):
+        msg = f"Could not download {url}: it is not a valid address ({exc}). Check it, or COURSE_DATA_MIRROR if you set one."
+    elif isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):
+        msg = f"Could not download {url}: the server at {host} did not answer in HTTP. Is the address (or COURSE_DATA_MIRROR) right?"
+    elif isinstance(exc, _Truncated):
+        msg = f"Could not download {url}: the connection broke before the whole file arrived ({exc})."
     elif isinstance(exc, (http.client.IncompleteRead, ConnectionError, http.client.HTTPException)):
         msg = f"Could not download {url}: the connection broke before the whole file arrived ({exc.__class__.__name__})."
+    elif isinstance(exc, PermissionError):
+        msg = f"Could not save {url}: no permission to write {exc.filename or archive}. Check that folder's permissions, or point COURSE_DATA at a folder you can write."
     else:
         msg = f"Could not download {url}: {exc.__class__.__name__}: {exc}."
     return DownloadError(msg + "\nWhat you can do:\n" + _what_to_do(url, archive))
@@ -200,8 +223,9 @@ def recorded_checksum(url: str) -> dict | None:
     "The size and SHA-256 recorded at the first download of `url` (a published URL), or None."
     path = _checksums_file()
     if not path.is_file(): return None
-    try: return json.loads(path.read_text()).get(url)
-    except (ValueError, OSError): return None
+    try: entry = json.loads(path.read_text()).get(url)
+    except (ValueError, OSError, AttributeError): return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) else None
 
 
 def record_checksum(url: str, path: Path) -> dict:
@@ -212,16 +236,113 @@ def record_checksum(url: str, path: Path) -> dict:
     with file_lock(file.with_suffix(".lock")):
         try: table = json.loads(file.read_text()) if file.is_file() else {}
         except ValueError: table = {}
+        if not isinstance(table, dict): table = {}
         table[url] = entry
         atomic_write(file, json.dumps(table, indent=1, sort_keys=True))
     return entry
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0022
+MIN_SPEED = 2048       # bytes/s: a download slower than this over a whole SPEED_WINDOW is stopped (what arrived is kept)
+SPEED_WINDOW = 30      # seconds
+RETRY_WAIT = 0.5       # seconds before the first retry; each further retry waits that much longer
+MAX_DOWNLOAD = 2**36   # bytes (64 GiB): the most a download may bring when nobody published its size
+
+
 class _Truncated(Exception):
     "The server closed the connection before sending the whole file."
 
 
-def _fetch(url: str, part: Path, size: int | None, timeout: float, progress: bool, headers: dict, auth: str | None):
+class _Watch:
+    "The minimum-throughput rule for one download: at least `MIN_SPEED` bytes/s over every `SPEED_WINDOW` s, or its connections are cut."
+
+    def __init__(self):
+        self.speed, self.window = MIN_SPEED, SPEED_WINDOW
+        self.socks, self.received, self.tripped = [], 0, False
+        self.opener = urllib.request.build_opener(_WatchedHTTP(self), _WatchedHTTPS(self), _Redirects())
+        self._done = threading.Event()
+
+    def __enter__(self):
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc): self._done.set()
+
+    def add(self, sock):
+        "Watch a new connection's socket (and cut it at once if the rule is already broken)."
+        self.socks.append(sock)
+        if self.tripped: self._cut()
+        return sock
+
+    def _cut(self):
+        for s in list(self.socks):
+            try: s.shutdown(socket.SHUT_RDWR)  # wakes the read that waits on this socket
+            except OSError: pass
+
+    def _run(self):
+        start, mark = time.monotonic(), 0
+        while not self._done.wait(min(1.0, self.window / 4)):
+            now = time.monotonic()
+            if now - start < self.window: continue
+            if self.received - mark < self.speed * (now - start):
+                self.tripped = True
+                self._cut()
+                return
+            start, mark = now, self.received
+
+
+class _Watched:
+    "Mixin for urllib's HTTP(S) handlers: every socket they open is handed to a `_Watch`."
+    def __init__(self, watch: _Watch, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.watch = watch
+
+    def do_open(self, http_class, req, **kwargs):
+        def connection(host, **kw):
+            conn = http_class(host, **kw)
+            # http.client opens its socket through this attribute: wrapping it lets the watch reach the socket
+            conn._create_connection = lambda *a, **k: self.watch.add(socket.create_connection(*a, **k))
+            return conn
+        return super().do_open(connection, req, **kwargs)
+
+class _WatchedHTTP(_Watched, urllib.request.HTTPHandler): pass
+class _WatchedHTTPS(_Watched, urllib.request.HTTPSHandler): pass
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    "urllib's redirects (ten at most, loops refused), to http and https addresses only."
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl}, which is not an http(s) address", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _header_int(resp, name: str) -> int | None:
+    "A header of `resp` that must be a whole number, or None if it is absent or malformed."
+    value = (resp.headers.get(name) or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _start_of(resp, have: int, part: Path) -> tuple[int, int | None]:
+    "Where `resp`'s body starts in the file and the file's whole size (None: unknown); a partial answer must fit `part`."
+    length = _header_int(resp, "Content-Length")
+    if resp.status != 206: return 0, length  # the whole file, even where we asked for the rest
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (resp.headers.get("Content-Range") or "").strip())
+    if m is None or int(m[1]) not in (0, have) or (length is not None and length != int(m[2]) - int(m[1]) + 1):
+        part.unlink(missing_ok=True)
+        raise _Truncated("the server's answer to a resume request did not fit the partial file; starting again")
+    start = int(m[1])
+    return start, int(m[3]) if m[3] != "*" else (start + length if length is not None else None)
+
+
+def _checksum_error(url: str, problem: str, recorded: bool = False) -> ChecksumError:
+    "A `ChecksumError` for a file from `url` that was deleted because of `problem`."
+    return ChecksumError(f"The file downloaded from {url} is damaged or not the expected one: {problem}. It has been deleted.\n"
+                         "Run again to download it afresh. If this keeps happening, the file on the server (or your mirror) "
+                         "has changed: check for a course update" + (", or delete its entry in " + str(_checksums_file()) if recorded else "")
+                         + ".\nTo work offline on the small twins instead: COURSE_OFFLINE=1.")
+
+
+def _fetch(url: str, part: Path, size: int | None, timeout: float, progress: bool, headers: dict, auth: str | None, watch: _Watch):
     "One attempt to fetch `url` into `part`, resuming from the bytes already there when the server allows."
     from tqdm.auto import tqdm
     have = part.stat().st_size if part.exists() else 0
@@ -229,25 +350,35 @@ def _fetch(url: str, part: Path, size: int | None, timeout: float, progress: boo
     req = urllib.request.Request(url, headers={"User-Agent": "course-datasets/1.0", **headers})
     if auth: req.add_unredirected_header("Authorization", auth)  # never forwarded to a redirect's host
     if have: req.add_header("Range", f"bytes={have}-")
-    try: resp = urllib.request.urlopen(req, timeout=timeout)
+    try: resp = watch.opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # our partial file does not fit the server's: start over
             part.unlink(missing_ok=True)
             raise _Truncated("the partial download did not match the server's file; starting again") from None
         raise
     with resp:
-        if have and resp.status != 206: have = 0  # the server ignored the range: start from scratch
-        length = resp.headers.get("Content-Length")
-        expected = have + int(length) if length is not None else size
+        have, total = _start_of(resp, have, part)
+        if size is not None and total is not None and total != size:
+            part.unlink(missing_ok=True)
+            raise _checksum_error(url, f"the server says it is {total:,} bytes long, the published size is {size:,}")
+        expected = total if total is not None else size
+        limit = expected if expected is not None else MAX_DOWNLOAD
+        got, too_long = have, False
         with open(part, "ab" if have else "wb") as f, tqdm(
                 total=expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=Path(urllib.parse.urlsplit(url).path).name, disable=not progress, leave=False) as bar:
-            while True:
-                chunk = resp.read(2**20)
-                if not chunk: break
+            while chunk := resp.read1(2**20):  # whatever has arrived, so that the watch sees every byte
+                watch.received += len(chunk)
+                if got + len(chunk) > limit: too_long = True; break
                 f.write(chunk)
+                got += len(chunk)
                 bar.update(len(chunk))
-    got = part.stat().st_size
+    if too_long:
+        part.unlink(missing_ok=True)
+        if size is not None: raise _checksum_error(url, f"the server sent more than the published {size:,} bytes")
+        raise DownloadError(f"Could not download {url}: the server sent more than {limit:,} bytes, more than it announced "
+                            "or than any dataset should be, so it was stopped and the partial file deleted. Check the address "
+                            "(or COURSE_DATA_MIRROR), or download the file yourself.\nTo work offline on the small twins: COURSE_OFFLINE=1.")
     if expected is not None and got < expected: raise _Truncated(f"received {got:,} of {expected:,} bytes")
 
 
@@ -260,50 +391,79 @@ def _verify(part: Path, url: str, size: int | None, md5: str | None, sha256: str
     elif sha256 and sha256_file(part) != sha256: problem = "its SHA-256 differs from the one recorded at the first download"
     if problem:
         part.unlink(missing_ok=True)
-        raise ChecksumError(f"The file downloaded from {url} is damaged or not the expected one: {problem}. It has been deleted.\n"
-                            "Run again to download it afresh. If this keeps happening, the file on the server (or your mirror) "
-                            "has changed: check for a course update" + (", or delete its entry in " + str(_checksums_file()) if sha256 else "")
-                            + ".\nTo work offline on the small twins instead: COURSE_OFFLINE=1.")
+        raise _checksum_error(url, problem, recorded=bool(sha256))
 
 
-_RETRYABLE = (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, _Truncated)
+def _retryable(e: BaseException) -> bool:
+    "Whether a failed attempt may succeed when tried again (a busy server, a broken or timed-out connection)."
+    if isinstance(e, urllib.error.HTTPError): return e.code in (408, 429, 500, 502, 503, 504)
+    if isinstance(e, urllib.error.URLError): return isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionResetError))
+    if isinstance(e, http.client.InvalidURL): return False
+    return isinstance(e, (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, _Truncated))
+
+
+def _too_slow(url: str, dest: Path, watch: _Watch) -> DownloadError:
+    "A `DownloadError` for a download that broke the minimum-throughput rule."
+    return DownloadError(f"Could not download {url}: it arrived too slowly (less than {watch.speed:,.0f} bytes/s over {watch.window:g} s), "
+                         "so it was stopped. The network or the server is very slow; what arrived is kept, and the next try resumes "
+                         "from there.\nWhat you can do:\n" + _what_to_do(url, dest))
+
+
+@contextmanager
+def _dropped_if_empty(part: Path):
+    "Delete `part` if the block fails leaving it empty: nothing arrived, so there is nothing to resume."
+    try: yield
+    except BaseException:
+        if part.exists() and not part.stat().st_size: part.unlink()
+        raise
 
 
 def download_url(url: str, dest: Path, size: int | None = None, md5: str | None = None, sha256: str | None = None,
                  timeout: float = 30, retries: int = 3, progress: bool = True, headers: dict | None = None,
                  auth: str | None = None) -> Path:
-    "Download `url` to `dest` via `dest.part`: resume or retry, verify size/checksums, then rename atomically."
+    "Download `url` to `dest` via `dest.part`: resume or retry, stop a stalled or dripping transfer, verify size/checksums, then rename atomically."
     dest = Path(dest)
+    if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https", "file"):
+        raise DownloadError(f"Cannot download {url!r}: only http://, https:// and file:// addresses are supported. "
+                            "If it comes from COURSE_DATA_MIRROR, check that setting.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     if size is not None:  # refuse early rather than fill the disk
         have = part.stat().st_size if part.exists() else 0
         if shutil.disk_usage(dest.parent).free < size - have + 2**20: raise _disk_full(dest, size)
-    attempt = 0
-    while True:
-        try:
-            _fetch(url, part, size, timeout, progress, headers or {}, auth)
+    with _Watch() as watch, _dropped_if_empty(part):
+        for attempt in range(retries + 1):
+            try: _fetch(url, part, size, timeout, progress, headers or {}, auth, watch)
+            except (OSError, http.client.HTTPException, ValueError, _Truncated) as e:
+                if watch.tripped: raise _too_slow(url, dest, watch) from None
+                if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                    part.unlink(missing_ok=True)
+                    raise _disk_full(dest, size) from None
+                if attempt < retries and _retryable(e):
+                    time.sleep(RETRY_WAIT * (attempt + 1))
+                    continue
+                raise _explain(e, url, dest, timeout) from None
+            if watch.tripped: raise _too_slow(url, dest, watch)
             break
-        except urllib.error.HTTPError as e:
-            if e.code in (429, 500, 502, 503, 504) and attempt < retries: attempt += 1; time.sleep(0.5 * attempt); continue
-            raise _explain(e, url, dest, timeout) from None
-        except urllib.error.URLError as e:
-            retry = isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionResetError))
-            if retry and attempt < retries: attempt += 1; time.sleep(0.5 * attempt); continue
-            raise _explain(e, url, dest, timeout) from None
-        except _RETRYABLE as e:
-            if attempt < retries: attempt += 1; time.sleep(0.5 * attempt); continue
-            raise _explain(e, url, dest, timeout) from None
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                part.unlink(missing_ok=True)
-                raise _disk_full(dest, size) from None
-            raise
     _verify(part, url, size, md5, sha256)
     os.replace(part, dest)
     return dest
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0024
+MAX_EXPANSION = 100          # an archive may unpack to at most this many times its size (the course's unpack to under 10 times)...
+MIN_EXTRACT_BYTES = 2**24    # ...or to this many bytes (16 MiB), whichever is more
+MIN_EXTRACT_FILES = 10_000   # and hold at most this many entries, or one per BYTES_PER_ENTRY bytes, whichever is more
+BYTES_PER_ENTRY = 200        # (MNIST's 70,000 small PNGs take 224 bytes each)
+
+# what tarfile, zipfile and the decompressors raise on a cut or corrupted file (a password-protected zip: RuntimeError)
+_DAMAGED = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, KeyError, NotImplementedError, RuntimeError)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    "Whether the resolved `path` is the resolved folder `root` or lies under it."
+    return path == root or root in path.parents
+
+
 def _safe_target(name: str, dest: Path, archive: Path) -> Path:
     "Where entry `name` would land under `dest`; raise `UnsafeArchiveError` if absolute, with `..`, or outside."
     norm = name.replace("\\", "/")
@@ -312,8 +472,10 @@ def _safe_target(name: str, dest: Path, archive: Path) -> Path:
         raise UnsafeArchiveError(f"{archive.name} holds an absolute path ({name!r}); refusing to extract anything from it.")
     if ".." in p.parts:
         raise UnsafeArchiveError(f"{archive.name} holds a path that climbs out of its folder ({name!r}); refusing to extract anything from it.")
-    target = (dest / p).resolve()
-    if target != dest and dest not in target.parents:
+    try: target = (dest / p).resolve()  # through the links already extracted
+    except (RuntimeError, OSError):  # links that point at each other
+        raise UnsafeArchiveError(f"{archive.name} holds links that loop ({name!r} cannot be reached); refusing to extract it.") from None
+    if not _inside(target, dest):
         raise UnsafeArchiveError(f"{archive.name} holds a path that lands outside its folder ({name!r}); refusing to extract it.")
     return target
 
@@ -323,38 +485,110 @@ def _check_tar_member(m: tarfile.TarInfo, dest: Path, archive: Path):
     target = _safe_target(m.name, dest, archive)
     if m.issym() or m.islnk():
         link = m.linkname.replace("\\", "/")
-        if link.startswith("/"):
+        if link.startswith("/") or (len(link) > 1 and link[1] == ":"):
             raise UnsafeArchiveError(f"{archive.name} holds a link {m.name!r} to an absolute path ({m.linkname!r}); refusing to extract it.")
         # a symbolic link is relative to its own folder, a hard link to the archive's root
-        resolved = ((target.parent if m.issym() else dest) / link).resolve()
-        if resolved != dest and dest not in resolved.parents:
+        try: resolved = ((target.parent if m.issym() else dest) / link).resolve()
+        except (RuntimeError, OSError): raise UnsafeArchiveError(f"{archive.name} holds links that loop ({m.name!r}); refusing to extract it.") from None
+        if not _inside(resolved, dest):
             raise UnsafeArchiveError(f"{archive.name} holds a link {m.name!r} pointing outside its folder ({m.linkname!r}); refusing to extract it.")
     elif not (m.isfile() or m.isdir()):
         raise UnsafeArchiveError(f"{archive.name} holds a device or pipe ({m.name!r}); refusing to extract it.")
 
 
-def extract_archive(archive: Path, dest: Path) -> Path:
-    "Unpack a tar (any compression) or zip `archive` into folder `dest`, refusing entries that would escape it."
+def _check_links(root: Path, archive: Path):
+    "Raise `UnsafeArchiveError` if a symbolic link under `root`, followed through all the others, leads outside `root`."
+    root = Path(os.path.realpath(root))
+    for folder, dirs, files in os.walk(root):  # does not follow links: each is checked, none is entered
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink() and not _inside(Path(os.path.realpath(path)), root):
+                raise UnsafeArchiveError(f"{archive.name} holds links that, followed one through another, lead outside its folder "
+                                         f"({path.relative_to(root)} -> {os.readlink(path)}); refusing to extract it.")
+
+
+class _Budget:
+    "Counts what an archive unpacks to, and refuses it once that is far more than its size allows (a zip or gzip bomb)."
+    def __init__(self, archive: Path, max_bytes: int | None, max_files: int | None):
+        self.archive, self.size = archive, archive.stat().st_size
+        self.max_bytes = max_bytes or max(MIN_EXTRACT_BYTES, MAX_EXPANSION * self.size)
+        self.max_files = max_files or max(MIN_EXTRACT_FILES, self.size // BYTES_PER_ENTRY)
+        self.bytes = self.files = 0
+
+    def add(self, nbytes: int, files: int = 1):
+        self.bytes, self.files = self.bytes + max(nbytes, 0), self.files + files
+        if self.bytes > self.max_bytes: what = f"unpacks to more than {self.max_bytes:,} bytes"
+        elif self.files > self.max_files: what = f"holds more than {self.max_files:,} entries"
+        else: return
+        raise UnsafeArchiveError(f"{self.archive.name} ({self.size:,} bytes) {what}, far more than an archive of its size should "
+                                 "(a 'zip bomb'?); refusing to extract it. If you trust it, download it yourself and unpack it with "
+                                 "extract_archive(archive, folder, max_bytes=..., max_files=...).")
+
+
+def _extract_zip(archive: Path, dest: Path, budget: _Budget):
+    "Check every entry of zip `archive` (paths, links, sizes as declared, which zipfile never exceeds), then extract them."
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _safe_target(info.filename, dest, archive)
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise UnsafeArchiveError(f"{archive.name} holds a symbolic link ({info.filename!r}); course archives have none, so refusing it.")
+            if info.flag_bits & 0x1:
+                raise DamagedArchiveError(f"{archive.name} holds an encrypted entry ({info.filename!r}), which needs a password; "
+                                          "course archives have none. Download it again.")
+            budget.add(info.file_size)
+        for info in infos: zf.extract(info, dest)
+
+
+class _TarInfo(tarfile.TarInfo):
+    "A tar entry that notes on its archive when reading met the end marker (a zero block), not a cut or corrupted header."
+    @classmethod
+    def fromtarfile(cls, tf):
+        try: return super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            tf.end_marker = True
+            raise
+
+
+def _extract_tar(archive: Path, dest: Path, budget: _Budget):
+    "Check and extract tar `archive` one entry at a time, then read it to its end (tarfile stops quietly at a cut or bad header)."
+    with tarfile.open(archive, tarinfo=_TarInfo) as tf:
+        last = "its start"
+        for m in tf:
+            budget.add(m.size)
+            _check_tar_member(m, dest, archive)
+            try: tf.extract(m, dest, set_attrs=not m.isdir(), filter="data")
+            except TypeError: tf.extract(m, dest, set_attrs=not m.isdir())  # Python without extraction filters
+            except getattr(tarfile, "FilterError", ()) as e: raise UnsafeArchiveError(f"{archive.name}: {e}; refusing to extract it.") from None
+            last = f"its entry {m.name!r}"
+        if not getattr(tf, "end_marker", False):
+            raise DamagedArchiveError(f"{archive.name} is cut short or corrupted after {last}: it ends without a tar's "
+                                      "end marker, so some of its files are missing. Download it again.")
+        while chunk := tf.fileobj.read(2**20): budget.add(len(chunk), files=0)  # also checks a compressed stream's own checksum
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int | None = None, max_files: int | None = None) -> Path:
+    "Unpack a tar (any compression) or zip `archive` into folder `dest`, refusing entries or links that would escape it and bombs."
     archive, dest = Path(archive), Path(dest)
+    if not archive.is_file(): raise DownloadError(f"There is no archive at {archive} to extract. Download it (untar_data does) and run again.")
     dest.mkdir(parents=True, exist_ok=True)
     dest = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                _safe_target(info.filename, dest, archive)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise UnsafeArchiveError(f"{archive.name} holds a symbolic link ({info.filename!r}); course archives have none, so refusing it.")
-            for info in infos: zf.extract(info, dest)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            for m in tf:  # one pass: check each entry, then write it
-                _check_tar_member(m, dest, archive)
-                try: tf.extract(m, dest, set_attrs=not m.isdir(), filter="data")
-                except TypeError: tf.extract(m, dest, set_attrs=not m.isdir())  # Python without extraction filters
-                except tarfile.FilterError as e: raise UnsafeArchiveError(f"{archive.name}: {e}; refusing to extract it.") from None
-    else:
-        raise DownloadError(f"{archive} is neither a tar nor a zip archive (is it an HTML error page?). Delete it and run again.")
+    budget = _Budget(archive, max_bytes, max_files)
+    try:
+        if zipfile.is_zipfile(archive): _extract_zip(archive, dest, budget)
+        elif tarfile.is_tarfile(archive): _extract_tar(archive, dest, budget)
+        else: raise DamagedArchiveError(f"{archive.name} is not a tar or zip archive: the server sent something else (an HTML error page?), "
+                                        "or the file is cut short. Download it again.")
+        if not budget.files: raise DamagedArchiveError(f"{archive.name} holds no files at all. Download it again.")
+        _check_links(dest, archive)
+    except DownloadError: raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC: raise _disk_full(dest, budget.bytes) from None
+        if e.errno is None: raise DamagedArchiveError(f"{archive.name} is damaged ({e}). Download it again.") from None  # a bad gzip or bz2 stream
+        raise DownloadError(f"Could not extract {archive.name} into {dest}: {e.strerror or e} ({e.filename}). "
+                            "Check that folder's permissions and free space, then run again.") from None
+    except _DAMAGED as e:
+        raise DamagedArchiveError(f"{archive.name} is damaged or cut short ({e.__class__.__name__}: {e}). Download it again.") from None
     return dest
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0026
@@ -383,17 +617,67 @@ def _kaggle_help(info: Dataset, archive: Path, dest: Path) -> str:
             "  3. Or work offline on the small twin: COURSE_OFFLINE=1.")
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0028
+STALE_UNPACKING = 24 * 3600  # seconds after which an unpacking folder counts as abandoned, even if its process id is in use
+
+_NAME = re.compile(r"\w[\w.+=~%,()-]{0,199}")
+_RESERVED = {"archive", "twins", "checksums.json", "checksums.lock"}
+
+
+def _safe_name(name: str, url: str) -> str:
+    "`name` if it can name a file or folder in the data cache (no `/`, `..`, hidden or reserved names); else raise `UnsafeNameError`."
+    if _NAME.fullmatch(name) and name.lower() not in _RESERVED and not name.endswith((".part", ".lock")): return name
+    raise UnsafeNameError(f"Cannot use {url!r}: the file name it ends with ({name!r}) cannot safely name a file in the data cache "
+                          "(it must start with a letter or digit and hold no '/', '\\', '..' or unusual characters; "
+                          "'archive', 'twins' and 'checksums.json' are the cache's own). Give the address of the .tgz, .tar.gz "
+                          "or .zip file itself, or one of the course's datasets (e.g. URLs.PETS or 'PETS').")
+
+
 def _archive_name(url: str, info: Dataset | None) -> str:
-    if info is not None and info.archive: return info.archive
-    name = Path(urllib.parse.urlsplit(url).path).name
-    if not name: raise ValueError(f"Cannot tell the file name of {url!r}; give the URL of a .tgz, .tar.gz or .zip file.")
-    return name
+    "The file name the archive of `url` is saved under: the registry's, or the last part of the URL's path (checked)."
+    if info is not None and info.archive: return _safe_name(info.archive, url)
+    try: name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    except (ValueError, AttributeError): name = ""
+    return _safe_name(name, url)
 
 
 def _folder_name(archive: str) -> str:
+    "The folder an archive unpacks to: its file name without the archive's extension."
     for ext in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip"):
         if archive.endswith(ext): return archive[: -len(ext)]
     return archive
+
+
+def _remove(path: Path, root: Path, strict: bool = True):
+    "Delete the file, link or folder `path` (a link itself, never what it points to), refusing anything not inside folder `root`."
+    path = Path(path)
+    if not os.path.lexists(path): return
+    where = Path(os.path.realpath(path.parent)) / path.name
+    if path.name in ("", ".", "..") or not _inside(where.parent, Path(os.path.realpath(root))):
+        raise DownloadError(f"Refusing to delete {path}: it is not inside the data cache {root}. Nothing was deleted; "
+                            "if you meant to remove it, do so by hand.")
+    try:
+        if where.is_dir() and not where.is_symlink(): shutil.rmtree(where)
+        else: where.unlink()
+    except OSError as e:
+        if strict: raise DownloadError(f"Could not delete {path}: {e.strerror or e}. Delete it by hand, then run again.") from None
+
+
+def _alive(pid: int) -> bool:
+    "Whether process `pid` exists (on Windows, where asking would end it, assume it does)."
+    if os.name == "nt": return True
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: return True  # it exists but belongs to someone else
+    return True
+
+
+def _clean_stale(base: Path, folder: str):
+    "Delete `.<folder>.unpacking-<pid>` folders left in `base` by extractions that were killed (their process is gone)."
+    for tmp in base.glob(f".{folder}.unpacking-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if not pid.isdigit(): continue
+        if int(pid) == os.getpid() or not _alive(int(pid)) or time.time() - tmp.lstat().st_mtime > STALE_UNPACKING:
+            _remove(tmp, base)
 
 
 def _offline_twin(info: Dataset | None, url: str, seed: int = 42) -> Path:
@@ -411,19 +695,18 @@ def _offline_twin(info: Dataset | None, url: str, seed: int = 42) -> Path:
 
 def _unpack_into_place(archive: Path, dest: Path):
     "Extract `archive` into a temporary folder beside `dest`, then rename the dataset folder to `dest`."
-    tmp = dest.parent / f".{dest.name}.unpacking-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    base = dest.parent
+    tmp = base / f".{dest.name}.unpacking-{os.getpid()}"
+    _remove(tmp, base)
     try:
         extract_archive(archive, tmp)
         entries = [p for p in tmp.iterdir() if not p.name.startswith("._")]  # macOS tar leaves `._*` files
         # most archives hold one top folder (the dataset's); a zip like Kaggle's holds the files themselves
-        src = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        os.replace(src, dest)
-    except OSError as e:
-        if e.errno == errno.ENOSPC: raise _disk_full(dest, archive.stat().st_size * 2) from None
-        raise
+        top = entries[0] if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() else tmp
+        _check_links(top, archive)  # the dataset's own folder, not only the temporary one, must hold every link
+        os.replace(top, dest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp, base, strict=False)
 
 
 def untar_data(url: str, force_download: bool = False, timeout: float = 30, retries: int = 3, progress: bool = True) -> Path:
@@ -432,13 +715,15 @@ def untar_data(url: str, force_download: bool = False, timeout: float = 30, retr
     if info is not None: url = url_of(info)
     if is_offline(): return _offline_twin(info, url)
     base = data_dir()
-    archive = base / "archive" / _archive_name(url, info)
-    dest = base / (info.folder if info is not None else _folder_name(archive.name))
-    with file_lock(base / ".locks" / f"{dest.name}.lock"):
+    name = _archive_name(url, info)
+    folder = _safe_name(info.folder if info is not None else _folder_name(name), url)
+    archive, dest = base / "archive" / name, base / folder
+    with file_lock(base / ".locks" / f"{folder}.lock"):
+        _clean_stale(base, folder)
         if dest.exists() and not force_download: return dest
         if force_download:
-            shutil.rmtree(dest, ignore_errors=True)
-            archive.unlink(missing_ok=True)
+            _remove(dest, base)
+            _remove(archive, base)
         size, md5 = (info.size, info.md5_head) if info is not None else (None, None)
         recorded = recorded_checksum(url) if md5 is None else None
         if not archive.exists():
@@ -458,9 +743,14 @@ def untar_data(url: str, force_download: bool = False, timeout: float = 30, retr
                 raise
         else:  # downloaded earlier or placed by hand: check it before trusting it
             _verify(archive, str(archive), size, md5, recorded and recorded["sha256"])
-        if md5 is None and recorded is None:
+        try: _unpack_into_place(archive, dest)
+        except (UnsafeArchiveError, DamagedArchiveError) as e:
+            _remove(archive, base)
+            raise type(e)(f"{e}\nThe archive {archive} has been deleted; nothing was kept from it and no checksum recorded. "
+                          "Run again to download it afresh; if this keeps happening, the file on the server (or your mirror) is "
+                          "broken: check for a course update, or work on the small offline twins with COURSE_OFFLINE=1.") from None
+        if md5 is None and recorded is None:  # only now, with the archive known to unpack completely
             entry = record_checksum(url, archive)
             print(f"{url} has no published checksum: recorded SHA-256 {entry['sha256'][:16]}... of this file in "
                   f"{_checksums_file()}; later downloads will be checked against it.")
-        _unpack_into_place(archive, dest)
     return dest
