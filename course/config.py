@@ -54,10 +54,11 @@ def _is_course_repo(folder: Path) -> bool:
 
 def repo_root(start: Path | None = None) -> Path | None:
     "The course repository holding `start` (default: the working folder), else the one this package was installed from, else None."
-    import course
     here = Path(start or Path.cwd()).resolve()
+    import course.config  # this module, wherever the package was installed from
+    installed = Path(course.config.__file__).resolve().parents[1]
     # The working folder comes first: with two clones, `course` run inside one of them works on that one.
-    for folder in [here, *here.parents, Path(course.__file__).resolve().parents[1]]:
+    for folder in [here, *here.parents, installed]:
         if _is_course_repo(folder): return folder
     return None
 

@@ -93,7 +93,11 @@ def test_parse_key_cell_reads_literals_only():
 
 
 def test_fixture_notebook_is_healthy():
-    assert lint_questionnaire(FIXTURE) == []
+    "The fixture is well formed; what the lint of issue 14 asks beyond that (imports, rubric phrases, balance) it lacks on purpose, and the lint says so."
+    problems = lint_questionnaire(FIXTURE, run=False)
+    known = ("does not import hint, check_all", "98.07: idea", "always 'b' wins 50%", "the longest option wins 50%")
+    assert all(any(k in p for k in known) for p in problems), problems
+    assert all(any(k in p for p in problems) for k in known), problems
     assert set(KEYS) == {f"98.0{i}" for i in range(1, 9)}
     assert KEYS["98.01"]["options"] == ["a", "b", "c", "d"] and "(4, 3)" in KEYS["98.01"]["question"]
 
@@ -110,6 +114,9 @@ def test_lint_finds_authoring_mistakes(tmp_path):
     problems = "\n".join(lint_questionnaire(path, counts=True))
     assert "98.03: section 'Nowhere'" in problems and "98.02: no answer slot" in problems
     assert "98.07: sample marked 1.0" in problems and "only 8 questions" in problems
+    # the grading runs of the lint: 98.06's tests let a function that returns its input pass a case
+    assert "98.06: a no-op answer that returns its first argument scores 0.33" in problems
+    assert "98.05: a no-op" not in problems and "98.05: the model answer" not in problems and "pasted" not in problems
 
 
 # ---------------------------------------------------------------- key files
@@ -463,14 +470,14 @@ def test_run_check_prints_a_table_records_progress_and_leaves_the_notebook_alone
     before = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
     assert run_check(str(path)) == 0
     out = capsys.readouterr().out
-    assert "98.04  short     wrong" in out and "Vectorisation is why" in out and "Total: 5 / 8 (62%) · 6 of 8 answered" in out
+    assert "98.04  short     wrong" in out and "Vectorisation is why" in out and "Total: 4 / 7 (57%) · 5 of 7 answered · answered 1 of 1 open question (self-assessed, not in the score)" in out
     assert (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns) == before
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no stray files beside it
     chapter = load_progress()["chapters"]["98"]
-    assert (chapter["score"], chapter["points"], chapter["answered"]) == (5, 8, 6)
+    assert (chapter["score"], chapter["points"], chapter["answered"], chapter["open_answered"], chapter["open"]) == (4, 7, 5, 1, 1)
     assert run_check(str(path), as_json=True) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["score"] == 5 and {q["qid"]: q["verdict"] for q in data["questions"]}["98.04"] == "wrong"
+    assert (data["score"], data["points"], data["open_answered"]) == (4, 7, 1) and {q["qid"]: q["verdict"] for q in data["questions"]}["98.04"] == "wrong"
 
 
 @pytest.mark.parametrize("make,words", [(lambda p: None, "no such file"), (lambda p: p.write_text("hello"), "not valid notebook JSON"),
@@ -491,7 +498,7 @@ def test_run_progress_table_and_chart(tmp_path, course_home, keys_in, capsys):
     capsys.readouterr()
     assert run_progress() == 0
     out = capsys.readouterr().out
-    assert "98       6/8 (75%)  6/8" in out and "A fixture chapter" in out
+    assert "98       5/7 (71%)  5/7" in out and "A fixture chapter" in out
     png = course_home / "progress.png"
     assert f"Chart saved to {png}" in out and png.read_bytes()[:4] == b"\x89PNG"
 
@@ -551,7 +558,7 @@ def test_thirty_question_notebook_checks_from_the_shell(tmp_path, course_home):
     out = subprocess.run([sys.executable, "-c", cmd, str(learner)], env=env, capture_output=True, text=True, timeout=60)
     elapsed = time.perf_counter() - t
     print(f"course check of a 30-question notebook (no code questions), whole process: {elapsed:.2f} s")
-    assert out.returncode == 0 and "Total: 30 / 30 (100%) · 30 of 30 answered" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "Total: 24 / 24 (100%) · 24 of 24 answered · answered 6 of 6 open questions" in out.stdout, out.stdout + out.stderr
 
 
 def test_importing_the_checker_stays_light():
@@ -565,28 +572,7 @@ CHAPTERS = sorted(p for pattern in ("[0-9][0-9]_*.ipynb", "app_*.ipynb") for p i
                   if "#| answer" in p.read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
-def model_results():
-    "Every chapter's questions graded with their model answers, in one grading process (so torch is imported once)."
-    pairs, owners = [], []
-    for nb in CHAPTERS:
-        keys = notebook_questions(nb)["keys"]
-        for qid in sorted(keys, key=qkeys.qid_order):
-            pairs.append((keys[qid], model_answer(keys[qid]))); owners.append(nb.name)
-    results = qgrading.grade_many(pairs, timeout=60)  # generous: a busy test machine must not fail a model answer
-    return {name: [r for r, owner in zip(results, owners) if owner == name] for name in set(owners)}
-
-
-@pytest.mark.skipif(not CHAPTERS, reason="no chapter has a questionnaire yet")
-@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.name)
-def test_chapter_questionnaire(nb, model_results):
-    "Each chapter's questionnaire is well formed, its model answers score full marks and its blank slots zero."
-    problems = lint_questionnaire(nb)
-    assert problems == [], f"{nb.name}:\n" + "\n".join(problems)
-    full = model_results.get(nb.name, [])
-    assert [r for r in full if r.score != r.points] == [], f"{nb.name}: model answers below full marks"
-    blank = check_notebook(nb, keys=notebook_questions(nb)["keys"])
-    assert [r for r in blank if r.score != 0 or r.verdict != "not answered"] == [], f"{nb.name}: blank slots that score or are not blank"
+# the model answers, blank slots and the lint of every chapter are in tests/test_questionnaires.py, case by case
 
 
 @pytest.mark.skipif(not CHAPTERS, reason="no chapter has a questionnaire yet")
@@ -605,3 +591,72 @@ def test_stripped_chapter_scores_zero(nb):
     if not stripped.exists(): pytest.skip(f"stripped/{nb.name} is not built yet")
     results = check_notebook(stripped, keys=notebook_questions(nb)["keys"])
     assert results and all(r.score == 0 for r in results), [r for r in results if r.score]
+
+
+# ---------------------------------------------------------------- issue 14: answers that must not score
+
+def test_rubric_ideas_are_statements_not_words():
+    k = {"model": "It costs more memory, so the batch is smaller.", "question": "What does a larger model cost?",
+         "ideas": [{"name": "costs more", "any": [r"cost\w* more", r"more expensive"]}, {"name": "smaller batch", "any": [r"smaller batch|batch\w* (is |gets )?smaller"]}]}
+    assert qgrading.grade_concepts(k, "There is no way it costs more, and the batch gets smaller.")[0] == 0.5  # negation-aware by default
+    assert qgrading.grade_concepts(k, "It costs more memory, so the batch is smaller.")[0] == 1.0
+    # a list of phrases is a list, however long its items
+    assert qgrading.grade_concepts(k, "costs more memory per image, smaller batch on the same card")[0] == 0.0
+    assert qgrading.lone_word("cost") and not qgrading.lone_word("costs more")
+
+
+def test_pasted_question_never_scores():
+    k = {"id": "97.01", "kind": "number", "value": 3, "tol": 0, "question": "What is the rank of the tensor that holds all the training 3s stacked together?"}
+    assert qgrading.GRADERS["number"](k, k["question"])[0] == 1  # the grader alone would be fooled
+    r = grade(k, k["question"])
+    assert r.score == 0 and "question's own text" in r.feedback and grade(k, "3").score == 1
+
+
+def test_name_error_says_what_to_import():
+    words = qgrading._error_words({"type": "NameError", "message": "name 'F' is not defined", "line": 2}, "Your cell")
+    assert "`F`" in words and "import torch.nn.functional as F" in words and "answer cell" in words
+
+
+def test_code_setup_has_the_chapters_imports(tmp_path):
+    from course.quiz.keys import chapter_imports
+    cells = [{"cell_type": "code", "source": "import re\nfrom course.quiz import check, key\n%matplotlib inline\nx = 1"},
+             {"cell_type": "code", "source": "#| answer 97.01\nkey(kind='open', section='S', model='m')\nimport os"},
+             {"cell_type": "code", "source": "from pathlib import Path\nimport re"}]
+    assert chapter_imports(cells) == ["import re", "from pathlib import Path"]
+    k = validate_key("97.02", dict(kind="code", section="S", name="word", solution="def word(s):\n    return re.findall(r'\\w+', s)[0]",
+                                   tests=[("a word", "assert word('ab cd') == 'ab'")]))
+    k = {**k, "id": "97.02", "imports": ["import re", "import not_a_module_anywhere"]}
+    assert grade(k, "def word(s):\n    return re.findall(r'\\w+', s)[0]\n").score == 1  # `re` comes from the chapter's imports
+    r = grade(k, "def word(s):\n    return regex.findall(r'\\w+', s)[0]\n")
+    assert r.score == 0 and "`regex`" in r.feedback and "import" in r.feedback
+
+
+def test_open_questions_are_apart_from_the_score():
+    from course.quiz.display import summary_line
+    rs = [qgrading.Result("97.01", "choice", "correct", 1, 1), qgrading.Result("97.02", "open", "answered", 1, 1),
+          qgrading.Result("97.03", "open", "not answered", 0, 1)]
+    assert summary_line(rs) == "Total: 1 / 1 (100%) · 1 of 1 answered · answered 1 of 2 open questions (self-assessed, not in the score)"
+
+
+def test_balance_choices_spreads_the_right_letters(tmp_path):
+    from course.quiz.checker import balance_choices, blind_strategies, choice_options
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# Ch\n\n## S"},
+             {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "from course.quiz import check, check_all, hint, key"}]
+    code = lambda s: {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": s}
+    for i in range(1, 9):
+        qid = f"97.{i:02d}"
+        cells += [{"cell_type": "markdown", "metadata": {}, "source": f"**{qid}** · choice · [S](#S)\n\nPick {i}.\n\na) right {i}\nb) wrong one\nc) wrong two\nd) wrong 3"},
+                  code(f'check("{qid}", "a")'), code(f'#| answer {qid}\nkey(kind="choice", section="S", correct="a", feedback={{"b": "not b", "c": "not c"}})')]
+    path = tmp_path / "97_balance.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}, indent=1))
+    before = path.read_bytes()
+    report = balance_choices(path)
+    assert path.read_bytes() == before and any("->" in r for r in report)  # write=False changes nothing
+    assert balance_choices(path, write=True) == report and balance_choices(path) == [r for r in report if "->" not in r and "renamed" not in r]  # deterministic, then settled
+    keys = notebook_questions(path)["keys"]
+    assert max(blind_strategies(keys)[f"always {o!r}"] for o in "abcd") <= 0.25
+    for qid, k in keys.items():
+        opts = choice_options(k["question"])
+        assert opts[k["correct"]].startswith("right") and {opts[o] for o in k["feedback"]} == {"wrong one", "wrong two"}
+    answered = check_notebook(path, keys=keys)
+    assert all(r.verdict == "correct" for r in answered)  # the check("..", "a") answers were renamed with their options

@@ -35,7 +35,7 @@ class ModelSummary:
                           f"parameters: {self.total_params:,} ({self.trainable_params:,} trainable)",
                           f"activations: {self.total_activations:,} numbers for this batch"])
 
-
+# %% ../../nbs/13_convolutions.ipynb #c0034b
 def _computes(module):
     "True for a module that computes something itself: it has no children, or parameters of its own."
     return next(module.children(), None) is None or next(module.parameters(recurse=False), None) is not None
@@ -70,7 +70,7 @@ def summary(model, xb):
     return ModelSummary(rows, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad),
                         tuple(xb.shape))
 
-# %% ../../nbs/13_convolutions.ipynb #c0058
+# %% ../../nbs/13_convolutions.ipynb #c0064a
 def _stat_layers(model):
     "The layers `ActivationStats` watches by default: the model's top-level children that have parameters."
     layers = [m for m in model.children() if next(m.parameters(), None) is not None]
@@ -78,7 +78,7 @@ def _stat_layers(model):
 
 
 class ActivationStats(Callback):
-    "Record mean, std and a histogram of |activations| of chosen layers at every training batch; plot them (chapter 13)."
+    "Record mean, std and a histogram of |activations| of chosen layers at every training batch (chapter 13)."
     order = 0
 
     def __init__(self, modules=None, bins=40, hist_max=4., every=1):
@@ -130,31 +130,40 @@ class ActivationStats(Callback):
         k = max(1, round(below * self.bins / self.hist_max))
         return self.hists[..., :k].sum(-1)
 
-    def plot_stats(self, layers=None, figsize=(10, 3.2)):
-        "Plot the mean and standard deviation of the watched layers (all, or the indices in `layers`) batch by batch."
-        import matplotlib.pyplot as plt
-        means, stds = self.means, self.stds
-        fig, axs = plt.subplots(1, 2, figsize=figsize)
-        for i in range(len(means)) if layers is None else layers:
-            axs[0].plot(means[i], label=f"layer {i}")
-            axs[1].plot(stds[i], label=f"layer {i}")
-        axs[0].set_title("mean"); axs[1].set_title("standard deviation")
-        for ax in axs: ax.set_xlabel("batch")
-        axs[1].legend(fontsize=8)
-        fig.tight_layout()
-        return axs
+# %% ../../nbs/13_convolutions.ipynb #c0064c
+def _plot_stats(self, layers=None, figsize=(10, 3.2)):
+    "Plot the mean and standard deviation of the watched layers (all, or the indices in `layers`) batch by batch (chapter 13)."
+    import matplotlib.pyplot as plt
+    means, stds = self.means, self.stds
+    fig, axs = plt.subplots(1, 2, figsize=figsize)
+    for i in range(len(means)) if layers is None else layers:
+        axs[0].plot(means[i], label=f"layer {i}")
+        axs[1].plot(stds[i], label=f"layer {i}")
+    axs[0].set_title("mean"); axs[1].set_title("standard deviation")
+    for ax in axs: ax.set_xlabel("batch")
+    axs[1].legend(fontsize=8)
+    fig.tight_layout()
+    return axs
 
-    def color_dim(self, layers=None, figsize=None):
-        "For each watched layer, the histogram of |activations| over time: batches left to right, zero at the bottom."
-        import matplotlib.pyplot as plt
-        hists = self.hists
-        layers = list(range(len(hists))) if layers is None else list(layers)
-        fig, axs = plt.subplots(1, len(layers), figsize=figsize or (2.5 * len(layers), 2.3), squeeze=False)
-        for ax, i in zip(axs[0], layers):
-            # A log colour scale: the few large activations stay visible next to the crowd near zero.
-            ax.imshow((hists[i].T + 1e-4).log10(), origin="lower", aspect="auto", vmin=-4, vmax=0,
-                      extent=(0, hists.shape[1], 0, self.hist_max))
-            ax.set_title(f"layer {i}"); ax.set_xlabel("batch")
-        axs[0, 0].set_ylabel("|activation|")
-        fig.tight_layout()
-        return axs
+
+def _color_dim(self, layers=None, figsize=None):
+    "For each watched layer, the histogram of |activations| over time: batches left to right, zero at the bottom (chapter 13)."
+    import matplotlib.pyplot as plt
+    hists = self.hists
+    layers = list(range(len(hists))) if layers is None else list(layers)
+    fig, axs = plt.subplots(1, len(layers), figsize=figsize or (2.5 * len(layers) + 1, 2.5), squeeze=False,
+                            layout="constrained")
+    for ax, i in zip(axs[0], layers):
+        # A log colour scale: the few large activations stay visible next to the crowd near zero.
+        im = ax.imshow((hists[i].T + 1e-4).log10(), origin="lower", aspect="auto", vmin=-4, vmax=0,
+                       extent=(0, hists.shape[1], 0, self.hist_max))
+        ax.set_title(f"layer {i}"); ax.set_xlabel("batch")
+    axs[0, 0].set_ylabel("|activation|")
+    bar = fig.colorbar(im, ax=axs[0].tolist(), ticks=[-4, -3, -2, -1, 0])
+    bar.ax.set_yticklabels(["0.0001 or less", "0.001", "0.01", "0.1", "1"])
+    bar.set_label("fraction of activations")
+    return axs
+
+
+ActivationStats.plot_stats = _plot_stats
+ActivationStats.color_dim = _color_dim

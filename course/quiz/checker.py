@@ -8,12 +8,15 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from .grading import _blank, _defined_names, _is_check_stmt, _neutralise_magics, code_without_check, grade, grade_many, is_stub, model_answer, Result, sample_ok
-from .keys import _is_num, anchor, chapter_of, load_keys, notebook_questions, NotebookError, OBJECTIVE_KINDS, QID_RE, qid_order, question_problem, QUESTION_RE, read_cells
+from .grading import (_blank, _defined_names, _is_check_stmt, _neutralise_magics, code_without_check, grade, grade_choice, grade_many,
+                                 GRADERS, is_stub, keyword_list, lone_word, model_answer, parse_choice, pasted_question, Result, sample_ok)
+from .keys import (_is_num, anchor, ANSWER_RE, chapter_of, load_keys, notebook_questions, NotebookError, OBJECTIVE_KINDS, QID_RE, qid_order,
+                              question_problem, QUESTION_RE, read_cells)
 
 # %% auto #0
-__all__ = ['Slot', 'find_slots', 'check_notebook', 'check_model_answers', 'lint_questionnaire']
+__all__ = ['NOOP_ANSWERS', 'QUIZ_IMPORTS', 'BIAS_LIMIT', 'Slot', 'find_slots', 'check_notebook', 'check_model_answers', 'quiz_imports', 'blind_strategies', 'lint_questionnaire', 'choice_options', 'balance_choices']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0093
 @dataclass
@@ -210,8 +213,79 @@ def check_model_answers(nb_path, timeout: float | None = None) -> list[Result]:
     return grade_many([(keys[q], model_answer(keys[q])) for q in sorted(keys, key=qid_order)], timeout)
 
 
-def lint_questionnaire(nb_path, counts: bool = False) -> list[str]:
-    "The problems of a chapter's questionnaire that its author should fix (empty list when healthy) (questionnaire library)."
+NOOP_ANSWERS = {"returns its first argument": "def {name}(*args, **kwargs):\n    return args[0] if args else None\n",
+                "returns None": "def {name}(*args, **kwargs):\n    return None\n"}
+QUIZ_IMPORTS = ("check", "hint", "check_all")  # what every chapter imports from course.quiz
+BIAS_LIMIT = 0.4  # the share of a chapter's choice points that one blind strategy may win, at most
+
+
+def _points(k: dict) -> float: return float(k.get("points", 1))
+
+
+def quiz_imports(cells: list[dict]) -> set[str]:
+    "The names a notebook's code cells import from `course.quiz` (questionnaire library)."
+    names = set()
+    for c in cells:
+        if c["cell_type"] != "code" or "course.quiz" not in c["source"]: continue
+        try: tree = ast.parse(_neutralise_magics(c["source"]))
+        except (SyntaxError, ValueError, RecursionError): continue
+        names |= {a.asname or a.name for s in tree.body if isinstance(s, ast.ImportFrom) and s.module == "course.quiz" for a in s.names}
+    return names
+
+
+def blind_strategies(keys: dict) -> dict[str, float]:
+    "The share of a chapter's choice points that answering every choice question the same way wins: one letter ('a', 'b', ...) always, or always the longest option ('longest')."
+    choice = [k for k in keys.values() if k["kind"] == "choice"]
+    total = sum(map(_points, choice))
+    if not total: return {}
+    letters = sorted({o for k in choice for o in k.get("options", [])} | {"a", "b", "c", "d"})
+    out = {f"always {o!r}": sum(grade_choice(k, o)[0] * _points(k) for k in choice if o in k.get("options", [o])) / total for o in letters}
+    longest = 0.0
+    for k in choice:
+        options = choice_options(k.get("question", ""))
+        if options: longest += grade_choice(k, max(options, key=lambda o: len(options[o])))[0] * _points(k)  # a tie goes to the first
+    out["the longest option"] = longest / total
+    return out
+
+
+def _lint_concepts(qid: str, k: dict) -> list[str]:
+    "What is wrong with a concepts rubric: patterns that match a lone word, and no wrong sample that uses the rubric's words."
+    problems, texts = [], [k["model"]] + [t for t, _ in k["samples"]]
+    for idea in k["ideas"]:
+        lone = sorted({m.group().strip() for rx in idea["any"] for t in texts for m in re.finditer(rx, t, re.I) if lone_word(m.group())})
+        if lone:
+            problems.append(f"question {qid}: idea {idea['name']!r} matches a lone word ({', '.join(map(repr, lone[:4]))}): write its patterns over a "
+                            "phrase (the word with the words that make it a statement, like r'cost\\w* more'), so a wrong answer that uses the word does not earn it")
+    words = lambda t: any(re.search(rx, t, re.I) for i in k["ideas"] for rx in i["any"])
+    if not any(e <= 0 and words(t) and not keyword_list(t) and not pasted_question(k, t) for t, e in k["samples"]):
+        problems.append(f"question {qid}: no sample marked 0 uses the rubric's words: add a plausible wrong answer in sentences that uses the right words (negated, or in another sense), marked 0")
+    return problems
+
+
+def _lint_runs(keys: dict, timeout: float | None) -> list[str]:
+    "Grade every question's model answer (full marks), its own text pasted back (zero), and, for code, two answers that do nothing (zero)."
+    problems, pairs, what = [], [], []
+    for qid in sorted(keys, key=qid_order):
+        k = {**keys[qid], "id": qid}
+        pairs.append((k, model_answer(k))); what.append("model")
+        if k.get("question"):
+            pairs.append((k, k["question"])); what.append("pasted")
+        if k["kind"] == "code":
+            for name, noop in NOOP_ANSWERS.items(): pairs.append((k, noop.format(name=k["name"]))); what.append(f"a no-op answer that {name}")
+    for (k, _), w, r in zip(pairs, what, grade_many(pairs, timeout)):
+        qid, frac = k["id"], r.score / _points(k)
+        if r.verdict == "error": problems.append(f"question {qid}: grading {'the model answer' if w == 'model' else w} gave an error: {r.feedback}")
+        elif w == "model" and frac < 1: problems.append(f"question {qid}: the model answer scores {frac:.2f}, not full marks: {r.feedback}")
+        elif w != "model" and frac > 0:
+            if w == "pasted": problems.append(f"question {qid}: its own text, pasted as the answer, scores {frac:.2f}: reword it so that it does not hold its answer")
+            else: problems.append(f"question {qid}: {w} scores {frac:.2f}: add tests that a no-op fails ({r.feedback})")
+        if w == "pasted" and k["kind"] in GRADERS and GRADERS[k["kind"]](k, k["question"])[0] > 0 and not frac > 0:
+            problems.append(f"question {qid}: its own text holds its answer (graded as an answer, it would score): reword it")
+    return problems
+
+
+def lint_questionnaire(nb_path, counts: bool = False, run: bool = True, timeout: float | None = None) -> list[str]:
+    "The problems of a chapter's questionnaire that its author should fix (empty list when healthy); `run=False` skips grading the model answers, pasted questions and no-op code (questionnaire library)."
     info = notebook_questions(nb_path)
     problems = list(info["errors"])
     cells, _ = read_cells(nb_path)
@@ -219,6 +293,9 @@ def lint_questionnaire(nb_path, counts: bool = False) -> list[str]:
     heads = set(info["headings"])
     prefixed = {m["qid"] for c in cells if c["cell_type"] == "markdown" and re.match(r"^#\s", c["source"])
                 for m in [QUESTION_RE.match(re.sub(r"^#\s+", "", c["source"]))] if m}
+    if info["keys"] and not set(QUIZ_IMPORTS) <= quiz_imports(cells):
+        missing = [n for n in QUIZ_IMPORTS if n not in quiz_imports(cells)]
+        problems.append(f"the notebook does not import {', '.join(missing)}: write `from course.quiz import check, check_all, hint, key` in its import cell")
     for qid, k in sorted(info["keys"].items(), key=lambda kv: qid_order(kv[0])):
         q = info["questions"].get(qid)
         if q is None and qid in prefixed:
@@ -232,12 +309,150 @@ def lint_questionnaire(nb_path, counts: bool = False) -> list[str]:
             wrong = set([k["correct"]] if isinstance(k["correct"], str) else k["correct"]) - set(k["options"])
             if wrong: problems.append(f"question {qid}: correct option(s) {sorted(wrong)} are not among the options")
         for text, expected in k.get("samples", []):
-            got = grade(k, text).score / float(k.get("points", 1))
+            got = grade(k, text).score / _points(k)
             if not sample_ok(expected, got): problems.append(f"question {qid}: sample marked {expected} scores {got:.2f}: {text[:60]!r}")
+        if k["kind"] == "concepts": problems += _lint_concepts(qid, k)
     for qid in sorted(set(info["questions"]) - set(info["keys"]), key=qid_order): problems.append(f"question {qid}: no answer cell (#| answer {qid})")
+    for strategy, share in blind_strategies(info["keys"]).items():
+        if share > BIAS_LIMIT:
+            problems.append(f"answering {strategy} wins {share:.0%} of the choice points (at most {BIAS_LIMIT:.0%}): "
+                            "run balance_choices on the notebook, and rewrite right options that are the longest")
+    if run: problems += _lint_runs(info["keys"], timeout)
     if counts:
         n = len(info["keys"])
         objective = sum(k["kind"] in OBJECTIVE_KINDS for k in info["keys"].values())
         if n < 20: problems.append(f"only {n} questions (at least 20)")
         if objective * 2 < n: problems.append(f"only {objective} of {n} questions are objective (at least half)")
     return problems
+
+# %% ../../nbs/lib/02_questionnaire.ipynb #c0099b
+_OPTION_LINE_RE = re.compile(r"^(\s*[-*]?\s*\(?)([a-z])(\)\s+)(\S.*)$")
+
+
+def _option_blocks(lines: list[str]) -> list[tuple[str, int, int]]:
+    "The options in the lines of a question's markdown: (letter, first line, end line), an option running on to a blank line or the next option."
+    blocks, i = [], 0
+    while i < len(lines):
+        if _OPTION_LINE_RE.match(lines[i]):
+            j = i + 1
+            while j < len(lines) and lines[j].strip() and not _OPTION_LINE_RE.match(lines[j]): j += 1
+            blocks.append((_OPTION_LINE_RE.match(lines[i])[2], i, j))
+            i = j
+        else: i += 1
+    return blocks
+
+
+def choice_options(text: str) -> dict[str, str]:
+    "The options of a choice question's text, {letter: the option's text} (questionnaire library)."
+    lines = text.split("\n")
+    return {o: " ".join([_OPTION_LINE_RE.match(lines[s])[4].strip()] + [l.strip() for l in lines[s + 1:e]]) for o, s, e in _option_blocks(lines)}
+
+
+def _reorder_options(text: str, order: list[str]) -> str:
+    "The question `text` with its options' contents placed in `order` (order[i] is the old letter of the option shown at position i); markers stay."
+    lines = text.split("\n")
+    blocks = _option_blocks(lines)
+    body = {o: [_OPTION_LINE_RE.match(lines[s])[4]] + lines[s + 1:e] for o, s, e in blocks}
+    out = lines[:blocks[0][1]]
+    for p, (_, s, e) in enumerate(blocks):
+        m = _OPTION_LINE_RE.match(lines[s])
+        new = body[order[p]]
+        out += [m[1] + m[2] + m[3] + new[0]] + new[1:]
+        out += lines[e:blocks[p + 1][1]] if p + 1 < len(blocks) else lines[e:]
+    return "\n".join(out)
+
+
+def _byte_offset(lines: list[bytes], lineno: int, col: int) -> int: return sum(len(l) + 1 for l in lines[:lineno - 1]) + col
+
+
+def _replace_strings(source: str, nodes_new: list[tuple[ast.AST, str]]) -> str:
+    "`source` with each string-constant node's text replaced by a new string in the same quotes."
+    raw = source.encode()
+    lines = raw.split(b"\n")
+    spans = sorted(((_byte_offset(lines, n.lineno, n.col_offset), _byte_offset(lines, n.end_lineno, n.end_col_offset), new) for n, new in nodes_new),
+                   reverse=True)
+    for start, end, new in spans:
+        quote = raw[start:end][:1] if raw[start:end][:1] in (b'"', b"'") else b'"'
+        raw = raw[:start] + quote + new.encode() + quote + raw[end:]
+    return raw.decode()
+
+
+def _key_call(tree):
+    call = tree.body[0].value if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Call) else None
+    return {kw.arg: kw.value for kw in call.keywords} if call is not None else {}
+
+
+def _place(options: list[str], right: str, target: str) -> list[str]:
+    "The options' old letters in their new order: the right one at `target`, the others in their old order around it."
+    others = [o for o in options if o != right]
+    i = options.index(target)
+    return others[:i] + [right] + others[i:]
+
+
+def balance_choices(nb_path, write: bool = False) -> list[str]:
+    "Reorder the options of a chapter's single-answer choice questions so the right letters spread evenly over the chapter (deterministic from the question ids) and, where a tie allows it, the longest option is not the right one; remap each key's correct= and feedback= and any check(...) answer naming letters. Return what changes (and what only an author can fix); `write=True` saves the notebook (questionnaire library)."
+    import json, zlib
+    from collections import Counter
+    path = Path(nb_path)
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = nb["cells"]
+    text = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+    info = notebook_questions(path)
+    qcell = {m["qid"]: i for i, c in enumerate(cells) if c["cell_type"] == "markdown" for m in [QUESTION_RE.match(text(c))] if m}
+    kcell = {m[1]: i for i, c in enumerate(cells) if c["cell_type"] == "code" for m in [ANSWER_RE.match(text(c).lstrip("\n").split("\n", 1)[0])] if m and m[1]}
+    report, counts, plan = [], Counter(), {}
+    choice = {q: k for q, k in info["keys"].items() if k["kind"] == "choice"}
+    for qid, k in choice.items():  # several right options stay where they are, but count towards the balance
+        if not isinstance(k["correct"], str):
+            for o in k["correct"]: counts[o] += _points(k) / len(k["correct"])
+    for qid in sorted(choice, key=qid_order):
+        k = choice[qid]
+        if not isinstance(k["correct"], str) or qid not in qcell or qid not in kcell: continue
+        options = choice_options(text(cells[qcell[qid]]))
+        letters = list(options)
+        if letters != [chr(ord("a") + i) for i in range(len(letters))] or k["correct"] not in options:
+            report.append(f"{qid}: options are not lettered a, b, c, ... in order: left alone"); continue
+        def cost(target):
+            order = _place(letters, k["correct"], target)
+            pick = max(range(len(order)), key=lambda p: len(options[order[p]]))  # the longest option, the first of a tie
+            return (counts[target], order[pick] == k["correct"], zlib.crc32(f"{qid}/{target}".encode()))
+        target = min(letters, key=cost)
+        counts[target] += _points(k)
+        order = _place(letters, k["correct"], target)
+        longest = max(len(v) for v in options.values())
+        if len(options[k["correct"]]) == longest and sum(len(v) == longest for v in options.values()) == 1:
+            report.append(f"{qid}: the right option is the longest ({len(options[k['correct']])} characters): shorten it or lengthen a distractor")
+        if order != letters: plan[qid] = order
+    for qid, order in plan.items():
+        new_of = {old: letters_new for letters_new, old in zip([chr(ord("a") + i) for i in range(len(order))], order)}
+        k = choice[qid]
+        report.append(f"{qid}: right answer {k['correct']} -> {new_of[k['correct']]} (options {', '.join(f'{o}->{new_of[o]}' for o in sorted(new_of) if o != new_of[o])})")
+        qc = cells[qcell[qid]]
+        qc["source"] = _reorder_options(text(qc), order).splitlines(True)
+        kc = cells[kcell[qid]]
+        src = text(kc)
+        fields = _key_call(ast.parse(src))
+        edits = [(fields["correct"], new_of[k["correct"]])]
+        if isinstance(fields.get("feedback"), ast.Dict):
+            edits += [(n, new_of.get(n.value, n.value)) for n in fields["feedback"].keys if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        kc["source"] = _replace_strings(src, edits).splitlines(True)
+        for fb in k.get("feedback", {}).values():
+            if re.search(r"(?<!\w)\(([a-z])\)|\boptions? [a-z]\b", fb): report.append(f"{qid}: a feedback names an option by letter ({fb[:50]!r}): check it by hand")
+        for i, c in enumerate(cells):  # answers that name letters, like check("05.03", "a")
+            if c["cell_type"] != "code" or qid not in text(c) or i == kcell[qid]: continue
+            try: tree = ast.parse(_neutralise_magics(text(c)))
+            except SyntaxError: continue
+            edits = []
+            for stmt in tree.body:
+                call = stmt.value if _is_check_stmt(stmt) else None
+                args = list(call.args) if call is not None else []
+                if len(args) > 1 and isinstance(args[0], ast.Constant) and args[0].value == qid and isinstance(args[1], ast.Constant) \
+                        and isinstance(args[1].value, str) and args[1].value.strip():
+                    try: chosen = parse_choice(args[1].value, letters)
+                    except ValueError: continue
+                    edits.append((args[1], ", ".join(sorted(new_of[o] for o in chosen))))
+            if edits:
+                c["source"] = _replace_strings(text(c), edits).splitlines(True)
+                report.append(f"{qid}: an answer in cell {i} renamed to the new letters")
+    if write and plan: path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return report

@@ -12,7 +12,7 @@ from .keys import anchor
 from ..utils import in_notebook, text_table
 
 # %% auto #0
-__all__ = ['results_table', 'summary_line', 'Report']
+__all__ = ['results_table', 'graded_totals', 'summary_line', 'Report']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0050s1
 def _show(obj):
@@ -37,17 +37,29 @@ def results_table(results: list[Result], width: int = 100) -> str:
         text = " ".join(r.feedback.split())
         if r.section and r.verdict in ("wrong", "partly"): text = f"{text} (Section: {r.section})".strip()
         return text
-    rows = [(r.qid, r.kind, r.verdict, f"{_fmt(r.score)}/{_fmt(r.points)}", feedback(r)) for r in results]
+    rows = [(r.qid, r.kind, r.verdict, "self" if r.kind == "open" else f"{_fmt(r.score)}/{_fmt(r.points)}", feedback(r)) for r in results]
     table = text_table(rows, ("id", "kind", "verdict", "score", "feedback"), wrap_last=width)
     return table + "\n" + summary_line(results)
 
 
+def graded_totals(results) -> dict:
+    "Score and points of the graded questions, and how many of them and of the self-assessed open ones are answered; `results` are Results or their dicts."
+    get = lambda r, f: r.get(f, 0 if f in ("score", "points") else "") if isinstance(r, dict) else getattr(r, f)
+    graded = [r for r in results if get(r, "kind") != "open"]
+    opened = [r for r in results if get(r, "kind") == "open"]
+    done = lambda r: get(r, "verdict") not in ("not answered", "missing")
+    return {"score": round(sum(get(r, "score") for r in graded), 4), "points": round(sum(get(r, "points") for r in graded), 4),
+            "answered": sum(map(done, graded)), "questions": len(graded),
+            "open_answered": sum(get(r, "verdict") == "answered" for r in opened), "open": len(opened)}
+
+
 def summary_line(results: list[Result]) -> str:
-    "One line: total score, percentage and how many questions are answered."
-    got, total = sum(r.score for r in results), sum(r.points for r in results)
-    answered = sum(r.answered for r in results)
-    pct = f" ({100 * got / total:.0f}%)" if total else ""
-    return f"Total: {_fmt(got)} / {_fmt(total)}{pct} · {answered} of {len(results)} answered"
+    "One line: the graded questions' total score, percentage and how many are answered; then the open questions, apart (self-assessed)."
+    t = graded_totals(results)
+    pct = f" ({100 * t['score'] / t['points']:.0f}%)" if t["points"] else ""
+    line = f"Total: {_fmt(t['score'])} / {_fmt(t['points'])}{pct} · {t['answered']} of {t['questions']} answered"
+    if t["open"]: line += f" · answered {t['open_answered']} of {t['open']} open question{'s' * (t['open'] != 1)} (self-assessed, not in the score)"
+    return line
 
 
 class Report:

@@ -16,7 +16,7 @@ from .keys import anchor
 from .sandbox import MEMORY_LIMIT, OUTPUT_LIMIT, run_code, run_code_many, SETUP_TIMEOUT, STUB_RE
 
 # %% auto #0
-__all__ = ['VERDICT_MARKS', 'VERDICT_COLOURS', 'GRADERS', 'ANSWER_LIMITS', 'Result', 'parse_choice', 'grade_choice', 'parse_number', 'grade_number', 'normal_words', 'edit_distance', 'grade_short', 'negated', 'strip_copied', 'keyword_list', 'idea_present', 'grade_concepts', 'sample_ok', 'grade_open', 'instrumented', 'values_match', 'code_feedback', 'is_stub', 'grade_code', 'code_without_check', 'too_big', 'grade', 'grade_many', 'model_answer']
+__all__ = ['VERDICT_MARKS', 'VERDICT_COLOURS', 'GRADERS', 'ANSWER_LIMITS', 'Result', 'parse_choice', 'grade_choice', 'parse_number', 'grade_number', 'normal_words', 'edit_distance', 'grade_short', 'negated', 'strip_copied', 'keyword_list', 'lone_word', 'idea_present', 'grade_concepts', 'sample_ok', 'grade_open', 'instrumented', 'values_match', 'code_feedback', 'is_stub', 'grade_code', 'code_without_check', 'too_big', 'pasted_question', 'grade', 'grade_many', 'model_answer']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0021
 VERDICT_MARKS = {"correct": "✓", "partly": "◐", "wrong": "✗", "answered": "✎", "not answered": "○", "missing": "?", "error": "!"}
@@ -208,6 +208,11 @@ _FUNCTION_WORDS = set("""a an the is are was were be been being it its this that
 into onto so because since then than when while if which who whom whose what how why where there their they them we you your our
 he she his her do does did done has have had can could will would should may might must not no and or but also each every more less
 most least very too only just make makes made makes one same other""".split())
+# words that make a piece of text a statement rather than a label: verbs that link, pronouns that act, conjunctions that reason
+_LINKING_WORDS = set("""is are was were be been being am isn't aren't wasn't weren't do does did don't doesn't didn't has have had
+can could will would should may might must can't cannot won't it they we you he she this these those there which who that so because
+since therefore thus hence then than if when while whereas unless until although though means mean gives give lets let makes make
+keeps keep needs need takes take gets get goes go""".split())
 _CLAUSE_END_RE = re.compile(r"[.;:!?,\n]|\b(?:but|however|whereas|although|though)\b", re.I)
 _NEG_EXCEPT_RE = re.compile(r"\bnot\s+(?:only|just|merely)\b|\bno\s+(?:doubt|matter)\b", re.I)
 
@@ -237,18 +242,25 @@ def strip_copied(answer: str, question: str, n: int = 6) -> str:
 
 
 def keyword_list(answer: str) -> bool:
-    "True when `answer` is a bare list of keywords rather than sentences."
-    items = [i for i in re.split(r"[,;/|\n•·]+|\s-\s", answer) if i.strip()]
+    "True when `answer` is a bare list of keywords or phrases (two or more items, none a statement) rather than sentences."
+    items = [i for i in re.split(r"[,;/|\n•·]+|\s[-–—]\s", answer) if re.search(r"\w", i)]
     words = re.findall(r"[\w'’]+", answer.lower())
-    if len(items) >= 2 and all(len(re.findall(r"[\w'’]+", i)) <= 3 for i in items): return True
+    statement = lambda item: any(w in _LINKING_WORDS for w in re.findall(r"[\w'’]+", item.lower()))
+    if len(items) >= 2 and not any(map(statement, items)): return True
     return len(words) >= 4 and not any(w in _FUNCTION_WORDS for w in words)
 
 
+def lone_word(match: str) -> bool:
+    "True when a rubric pattern matched a single word (no space or sign between words): a word alone does not make a statement."
+    return bool(re.fullmatch(r"[\w'’]+", match.strip()))
+
+
 def idea_present(idea: dict, text: str) -> bool:
-    "True when one of the idea's patterns matches `text` (case-insensitive), not negated when the idea asks for it."
+    "True when one of the idea's patterns matches `text` (case-insensitive) in a clause that does not negate it (unless the idea says `negation: False`)."
     for rx in idea["any"]:
+        own = bool(_NEGATION_RE.search(rx.replace("\\b", " ")))  # a pattern that spells out a negation asks for it: only one before it counts
         for m in re.finditer(rx, text, re.I):
-            if not (idea.get("negation") and negated(text, m.start(), m.end())): return True
+            if idea.get("negation", True) is False or not negated(text, m.start(), m.start() if own else m.end()): return True
     return False
 
 
@@ -257,7 +269,7 @@ def grade_concepts(key: dict, answer) -> tuple[float, str, str]:
     text = strip_copied(str(answer), key.get("question", ""))
     if not re.search(r"\w", text): return 0.0, "wrong", "That is the question's own text: answer it in your own words."
     if len(text) > max(2000, 8 * len(key["model"])): return 0.0, "wrong", "That is far longer than needed: answer in a few sentences of your own."
-    if keyword_list(text): return 0.0, "wrong", "Explain in sentences: a list of keywords does not show how the ideas connect."
+    if keyword_list(text): return 0.0, "wrong", "Explain in sentences: a list of keywords or phrases does not show how the ideas connect."
     ideas = key["ideas"]
     found = [i for i in ideas if idea_present(i, text)]
     total = sum(i.get("weight", 1) for i in ideas)
@@ -386,9 +398,20 @@ def values_match(got: list, want: list, optional=()) -> bool:
     except RecursionError: return False
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0042s2
+_IMPORT_OF = {"np": "import numpy as np", "F": "import torch.nn.functional as F", "nn": "from torch import nn", "torch": "import torch",
+              "plt": "import matplotlib.pyplot as plt", "pd": "import pandas as pd", "Path": "from pathlib import Path", "math": "import math",
+              "re": "import re", "random": "import random", "Image": "from PIL import Image"}
+
+
 def _error_words(err: dict, where: str) -> str:
     t, msg, line = err.get("type", "Exception"), err.get("message", ""), err.get("line")
     at = f" (line {line} of your cell)" if line else ""
+    missing = re.match(r"(?:global )?name '(\w+)' is not defined", msg) if t in ("NameError", "UnboundLocalError") else None
+    if missing and t == "NameError":
+        name = missing[1]
+        how = f"`{_IMPORT_OF[name]}`" if name in _IMPORT_OF else f"`import {name}`, or `from ... import {name}` as the chapter does"
+        return (f"{where} uses `{name}`, which is not defined{at}: the checker runs your answer cell on its own, so import it at the top "
+                f"of the answer cell ({how}), or define it there.")
     if t == "SystemExit": return f"{where} called exit()/sys.exit(){at}: return a value instead."
     if t == "_OutputLimit": return f"{where} printed too much output (more than {OUTPUT_LIMIT:,} characters): remove the prints in loops."
     if t == "_ValuesLimit": return f"{where} gave values far too large to compare with the model solution's ({msg})."
@@ -550,6 +573,13 @@ def too_big(kind: str, answer) -> str:
     return ""
 
 
+def pasted_question(key: dict, answer) -> bool:
+    "True when a text answer is nothing but the question's own words (runs of six or more of them, or the whole of a shorter question)."
+    question = key.get("question", "")
+    if not (question and isinstance(answer, str)) or len(re.findall(r"\w+", answer)) < min(6, len(re.findall(r"\w+", question))): return False
+    return not re.search(r"\w", strip_copied(answer, question))
+
+
 def _result(key: dict, frac: float, verdict: str, feedback: str) -> Result:
     points = float(key.get("points", 1))
     return Result(key.get("id", "?"), key.get("kind", "?"), verdict, round(frac * points, 4), points, feedback, key.get("section", ""),
@@ -562,6 +592,8 @@ def grade(key: dict, answer, timeout: float | None = None) -> Result:
     if _blank(answer) or (kind == "choice" and isinstance(answer, (list, tuple, set)) and not answer):
         return _result(key, 0.0, "not answered", "")
     if too_big(kind, answer): return _result(key, 0.0, "wrong", too_big(kind, answer))
+    if kind in ("choice", "number", "short") and pasted_question(key, answer):
+        return _result(key, 0.0, "wrong", "That is the question's own text: answer it yourself.")
     try:
         if kind == "code": return _result(key, *grade_code(key, answer, timeout))
         return _result(key, *GRADERS[kind](key, answer))

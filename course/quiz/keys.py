@@ -15,7 +15,7 @@ from pathlib import Path
 from ..utils import atomic_write
 
 # %% auto #0
-__all__ = ['KINDS', 'COMMON_FIELDS', 'OBJECTIVE_KINDS', 'QID_RE', 'ANSWER_RE', 'QUESTION_RE', 'OPTION_RE', 'KEY_HEADER', 'NOTEBOOK_LIMIT', 'chapter_of', 'qid_order', 'anchor', 'validate_key', 'parse_key_cell', 'package_dir', 'keys_dir', 'encode_keys', 'decode_keys', 'NotebookError', 'read_cells', 'headings', 'notebook_questions', 'compile_keys', 'write_keys', 'key_file', 'load_keys', 'available_chapters', 'question_problem']
+__all__ = ['KINDS', 'COMMON_FIELDS', 'OBJECTIVE_KINDS', 'QID_RE', 'ANSWER_RE', 'QUESTION_RE', 'OPTION_RE', 'KEY_HEADER', 'NOTEBOOK_LIMIT', 'chapter_of', 'qid_order', 'anchor', 'validate_key', 'parse_key_cell', 'package_dir', 'keys_dir', 'encode_keys', 'decode_keys', 'NotebookError', 'read_cells', 'headings', 'chapter_imports', 'notebook_questions', 'compile_keys', 'write_keys', 'key_file', 'load_keys', 'available_chapters', 'question_problem']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0004
 KINDS = {  # kind -> (required fields, optional fields), besides the common ones
@@ -247,8 +247,30 @@ def headings(cells: list[dict]) -> list[str]:
             for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", c["source"], re.M)]
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0017
+_IMPORT_SKIP = ("__future__", "course.quiz")  # check, key, hint and check_all are stand-ins in the grading process
+
+
+def chapter_imports(cells: list[dict]) -> list[str]:
+    "The top-level import statements of a chapter's code cells, in order and once each: what a learner's notebook has imported by the questionnaire, and so what every code question's grading setup imports first."
+    out = []
+    for c in cells:
+        src = c["source"]
+        if c["cell_type"] != "code" or "import" not in src or ANSWER_RE.match(src.lstrip("\n").split("\n", 1)[0]): continue
+        code = "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines())  # magics
+        try: tree = ast.parse(code)
+        except (SyntaxError, ValueError, RecursionError, MemoryError): continue
+        for stmt in tree.body:
+            module = stmt.module or "" if isinstance(stmt, ast.ImportFrom) else ""
+            if isinstance(stmt, ast.ImportFrom) and (stmt.level or module.startswith(_IMPORT_SKIP)): continue
+            if isinstance(stmt, ast.Import):
+                stmt = ast.Import([a for a in stmt.names if not a.name.startswith(_IMPORT_SKIP)])
+                if not stmt.names: continue
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)) and ast.unparse(stmt) not in out: out.append(ast.unparse(stmt))
+    return out
+
+
 def notebook_questions(path) -> dict:
-    "Read a chapter notebook's questionnaire: {'title', 'questions': {id: header info and text}, 'keys': {id: key}, 'headings', 'errors'}."
+    "Read a chapter notebook's questionnaire: {'title', 'questions': {id: header info and text}, 'keys': {id: key}, 'headings', 'errors'}; code keys carry the chapter's imports."
     cells, _ = read_cells(path)
     questions, keys, errors = {}, {}, []
     for c in cells:
@@ -267,10 +289,12 @@ def notebook_questions(path) -> dict:
             except ValueError as e: errors.append(str(e))
     hs = headings(cells)
     title = next((h for c in cells if c["cell_type"] == "markdown" for h in re.findall(r"^#\s+(.+?)\s*$", c["source"], re.M)), "")
-    for qid, k in keys.items():  # what the checker needs from the question cell travels with the key
+    imports = chapter_imports(cells)
+    for qid, k in keys.items():  # what the checker needs from the question cell (and the chapter) travels with the key
         q = questions.get(qid, {})
         if q.get("text"): k["question"] = q["text"]
         if q.get("options"): k["options"] = q["options"]
+        if k["kind"] == "code" and imports: k["imports"] = imports
     return {"title": title, "questions": questions, "keys": keys, "headings": hs, "errors": errors}
 
 

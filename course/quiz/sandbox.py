@@ -354,6 +354,9 @@ def _run_child():
         send = lambda qi=qi, **event: (report.write(dumps({"q": qi, **event}) + "\n"), report.flush())
         tell = lambda qi=qi, **event: (control.write(dumps({"q": qi, **event}) + "\n"), control.flush())
         ns = {"__name__": "__main__", "check": noop, "key": noop, "hint": noop, "check_all": noop}
+        for line in q.get("imports", []):  # the chapter's own imports, each on its own: one that fails here leaves a NameError that says what to import
+            try: exec(compile(line, "<chapter imports>", "exec"), ns)
+            except Exception: pass
         try: exec(compile(q["setup"], "<setup>", "exec"), ns)  # the author's imports: done once, shared by the forks
         except BaseException as e: tell(event="setup_error", error=_describe(e)); continue
         _warm_up(q["tests"], ns)
@@ -505,8 +508,9 @@ def run_code_many(items: list[tuple[str, dict]], timeout: float | None = None) -
     limits = [float(timeout or k.get("timeout") or CODE_TIMEOUT) for _, k in items]
     if os.name != "posix":  # the grading process relies on fork, process groups and selectable pipes
         return [{"unsupported": True, "events": [], "timeout": t} for t in limits]
-    question = lambda source, k, cpu: {"setup": k.get("setup", ""), "source": source, "name": k.get("name", ""), "tests": k["tests"], "cpu": cpu}
-    model_ids = [json.dumps([k.get("setup", ""), k["solution"], k.get("name", ""), k["tests"]]) for _, k in items]
+    question = lambda source, k, cpu: {"imports": k.get("imports", []), "setup": k.get("setup", ""), "source": source, "name": k.get("name", ""),
+                                       "tests": k["tests"], "cpu": cpu}
+    model_ids = [json.dumps([k.get("imports", []), k.get("setup", ""), k["solution"], k.get("name", ""), k["tests"]]) for _, k in items]
     todo = sorted({m for m in model_ids if m not in _MODEL_RUNS})
     by_id = {m: (k, t) for m, (_, k), t in zip(model_ids, items, limits)}
     models = [question(by_id[m][0]["solution"], by_id[m][0], max(60.0, 10 * by_id[m][1])) for m in todo]  # trusted code: a generous limit

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import course_home
 from ..quiz.checker import check_notebook
-from ..quiz.display import results_table
+from ..quiz.display import graded_totals, results_table
 from ..quiz.keys import NotebookError, available_chapters, key_file, question_problem
 from ..utils import atomic_write, file_lock, in_notebook
 
@@ -57,28 +57,28 @@ def record_results(notebook: str, results: list[dict], path: Path | None = None)
             if "." in str(r.get("qid", "")): by_chapter.setdefault(_chapter(r["qid"]), []).append(r)
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime())
         for ch, rs in by_chapter.items():
-            data["chapters"][ch] = {
-                "notebook": notebook, "checked": stamp,
-                "score": round(sum(r["score"] for r in rs), 4), "points": round(sum(r["points"] for r in rs), 4),
-                "answered": sum(r["verdict"] not in ("not answered", "missing") for r in rs), "questions": len(rs),
-                "results": {r["qid"]: {"verdict": r["verdict"], "score": r["score"], "points": r["points"]} for r in rs}}
+            data["chapters"][ch] = {"notebook": notebook, "checked": stamp, **graded_totals(rs),  # open questions apart from the score
+                                    "results": {r["qid"]: {"verdict": r["verdict"], "score": r["score"], "points": r["points"],
+                                                           **({"kind": r["kind"]} if r.get("kind") else {})} for r in rs}}
         atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
     return path
 
 # %% ../../nbs/lib/02a_progress.ipynb #c0009
 def progress_rows() -> list[dict]:
-    "One row per chapter: chapter, title, score, points, answered, questions, checked (questionnaire library)."
+    "One row per chapter: chapter, title, score, points, answered, questions (graded ones), open_answered, open (self-assessed), checked (questionnaire library)."
     data = load_progress()
     rows = {}
     for ch in available_chapters():
         try: info = key_file(ch)
         except ValueError: continue
         keys = info.get("keys", {})
-        rows[ch] = {"chapter": ch, "title": info.get("title", ""), "score": 0.0, "points": float(sum(k.get("points", 1) for k in keys.values())),
-                    "answered": 0, "questions": len(keys), "checked": ""}
+        graded = [k for k in keys.values() if k.get("kind") != "open"]
+        rows[ch] = {"chapter": ch, "title": info.get("title", ""), "score": 0.0, "points": float(sum(k.get("points", 1) for k in graded)),
+                    "answered": 0, "questions": len(graded), "open_answered": 0, "open": len(keys) - len(graded), "checked": ""}
     for ch, rec in data["chapters"].items():
-        row = rows.setdefault(ch, {"chapter": ch, "title": "", "points": rec.get("points", 0), "questions": rec.get("questions", 0)})
-        row.update(score=rec.get("score", 0), answered=rec.get("answered", 0), checked=rec.get("checked", ""))
+        row = rows.setdefault(ch, {"chapter": ch, "title": "", "points": rec.get("points", 0), "questions": rec.get("questions", 0),
+                                   "open": rec.get("open", 0)})
+        row.update(score=rec.get("score", 0), answered=rec.get("answered", 0), open_answered=rec.get("open_answered", 0), checked=rec.get("checked", ""))
     return [rows[c] for c in sorted(rows)]
 
 
@@ -111,12 +111,14 @@ def run_progress() -> int:
     if not rows:
         print("No questionnaires yet: no chapter ships answer keys and nothing is recorded.")
         return 0
-    table = [("chapter", "score", "answered", "last checked", "title")]
+    table = [("chapter", "score", "answered", "open", "last checked", "title")]
     for r in rows:
         pct = f" ({100 * r['score'] / r['points']:.0f}%)" if r["points"] else ""
-        table.append((r["chapter"], f"{r['score']:g}/{r['points']:g}{pct}", f"{r['answered']}/{r['questions']}", r["checked"] or "never", r["title"]))
-    w = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table: print("  ".join(c.ljust(w[i]) for i, c in enumerate(row[:4])) + "  " + row[4])
+        table.append((r["chapter"], f"{r['score']:g}/{r['points']:g}{pct}", f"{r['answered']}/{r['questions']}",
+                       f"{r.get('open_answered', 0)}/{r.get('open', 0)}", r["checked"] or "never", r["title"]))
+    w = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table: print("  ".join(c.ljust(w[i]) for i, c in enumerate(row[:5])) + "  " + row[5])
+    print("(score and answered count the graded questions; open questions are self-assessed and counted apart)")
     if not any(r["checked"] for r in rows): print("Nothing checked yet: run `course check NOTEBOOK` on a chapter you filled in.")
     try: png = progress_chart(rows, course_home() / "progress.png")
     except ImportError: print("(no chart: matplotlib is not installed)")
@@ -141,8 +143,9 @@ def run_check(path: str, as_json: bool = False) -> int:
         if known: recorded = record_results(str(Path(path).resolve()), known)
     except (OSError, ValueError) as e: warning = f"(progress not recorded: {e})"
     if as_json:
-        got, total = sum(r.score for r in results), sum(r.points for r in results)
-        print(json.dumps({"notebook": str(path), "score": round(got, 4), "points": total, "answered": sum(r.answered for r in results),
+        t = graded_totals(results)  # open questions apart from the score
+        print(json.dumps({"notebook": str(path), "score": t["score"], "points": t["points"], "answered": t["answered"], "graded": t["questions"],
+                          "open_answered": t["open_answered"], "open": t["open"],
                           "questions": [r.to_dict() for r in results], "progress_file": str(recorded) if recorded else None}, indent=1))
     else:
         print(results_table(results))
