@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import selectors
 import signal
 import subprocess
@@ -416,37 +417,65 @@ def _read_grader(proc, control, questions: list[dict], runs: list[dict], first: 
     "Collect a grading process's events into `runs` until it is done, dies or runs late; return (the question it was on, finished, late)."
     pending = {"report": b"", "control": b""}
     current, deadline = None, time.monotonic() + SETUP_TIMEOUT
+
+    def read_lines(fileobj, name):
+        "The complete lines now readable from one pipe; None when it is closed or not speaking our protocol."
+        chunk = os.read(fileobj.fileno(), 1 << 16)
+        if not chunk: return None
+        *lines, pending[name] = (pending[name] + chunk).split(b"\n")
+        return None if len(pending[name]) > _LINE_LIMIT else lines
+
+    def events(lines):
+        for line in lines:
+            try: ev = json.loads(line)
+            except (ValueError, RecursionError): continue
+            if not (isinstance(ev, dict) and isinstance(ev.get("event"), str)): continue
+            q = ev.get("q")
+            if q is None or (isinstance(q, int) and 0 <= first + q < len(runs)): yield ev
+
+    def take_report(lines):
+        for ev in events(lines):
+            i = first + ev["q"] if isinstance(ev.get("q"), int) else None
+            if i is not None and i == current and ev["event"] in _ANSWER_EVENTS and len(runs[i]["events"]) < 10_000:
+                runs[i]["events"].append(ev)
+
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, "report")
         sel.register(control, selectors.EVENT_READ, "control")
+        listening = True  # to the answers' pipe
+
+        def drain_report():
+            "Everything the answer's child wrote: it has exited (its orphans killed) when the grading process says so."
+            nonlocal listening
+            while listening and select.select([proc.stdout], [], [], 0)[0]:
+                lines = read_lines(proc.stdout, "report")
+                if lines is None: sel.unregister(proc.stdout); listening = False
+                else: take_report(lines)
+
         while True:
             left = deadline - time.monotonic()
             if left <= 0: return current, False, True
-            for sk, _ in sel.select(min(left, 1.0)):
-                chunk = os.read(sk.fileobj.fileno(), 1 << 16)
-                if not chunk:
-                    if sk.data == "control": return current, False, False  # the grading process is gone
-                    sel.unregister(sk.fileobj); continue
-                *lines, pending[sk.data] = (pending[sk.data] + chunk).split(b"\n")
-                if len(pending[sk.data]) > _LINE_LIMIT:
-                    if sk.data == "control": return current, False, False
-                    sel.unregister(sk.fileobj)  # an answer writing garbage: stop listening to it
-                for line in lines:
-                    try: ev = json.loads(line)
-                    except (ValueError, RecursionError): continue
-                    if not (isinstance(ev, dict) and isinstance(ev.get("event"), str)): continue
-                    if sk.data == "control" and ev["event"] == "all_done": return current, True, False
-                    q = ev.get("q")
-                    if not (isinstance(q, int) and 0 <= first + q < len(runs)): continue
-                    i, run = first + q, runs[first + q]
-                    if sk.data == "control" and ev["event"] in _CONTROL_EVENTS:
-                        run["events"].append(ev)
-                        if ev["event"] == "ready": current, deadline = i, time.monotonic() + _wall(questions[i]["cpu"])
-                        else:
-                            run["returncode"], run["cpu"] = ev.get("code", 0), ev.get("cpu")
-                            current, deadline = None, time.monotonic() + SETUP_TIMEOUT
-                    elif sk.data == "report" and i == current and ev["event"] in _ANSWER_EVENTS and len(run["events"]) < 10_000:
-                        run["events"].append(ev)
+            # The grading process says "ready" on its own pipe before it forks the answer's child, so its pipe is read
+            # first; and before its "exited" counts, the answer's pipe is drained, so no event of the answer is lost.
+            for sk, _ in sorted(sel.select(min(left, 1.0)), key=lambda ready: ready[0].data != "control"):
+                if sk.data == "report":
+                    if not listening: continue
+                    lines = read_lines(proc.stdout, "report")
+                    if lines is None: sel.unregister(proc.stdout); listening = False  # closed, or garbage: stop listening
+                    else: take_report(lines)
+                    continue
+                lines = read_lines(control, "control")
+                if lines is None: return current, False, False  # the grading process is gone
+                for ev in events(lines):
+                    if ev["event"] == "all_done": return current, True, False
+                    if not isinstance(ev.get("q"), int) or ev["event"] not in _CONTROL_EVENTS: continue
+                    i, run = first + ev["q"], runs[first + ev["q"]]
+                    if ev["event"] == "exited": drain_report()
+                    run["events"].append(ev)
+                    if ev["event"] == "ready": current, deadline = i, time.monotonic() + _wall(questions[i]["cpu"])
+                    else:
+                        run["returncode"], run["cpu"] = ev.get("code", 0), ev.get("cpu")
+                        current, deadline = None, time.monotonic() + SETUP_TIMEOUT
 
 
 def _run_batch(questions: list[dict], tmp: str, secret: list[str]) -> list[dict]:
