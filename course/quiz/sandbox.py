@@ -508,9 +508,9 @@ def _accident(run: dict) -> bool:
     if run["failure"]: return True
     if run["timed_out"] or run["cpu_limited"] or any(e.get("event") in ("done", "setup_error") for e in run["events"]): return False
     if run["returncode"] is not None and run["returncode"] < 0: return True
-    # Gone without a word from the answer (no error, no test started): an answer that calls os._exit does that, and so,
-    # rarely, does a grading process on a machine under heavy load; a second run tells them apart.
-    return not any(e.get("event") in _ANSWER_EVENTS for e in run["events"])
+    # Gone before the end without an error of the answer's: an answer that calls os._exit does that, and so, rarely, does
+    # a grading process on a machine under heavy load; a second run tells them apart (the same verdict twice for the first).
+    return not any(e.get("event") in ("answer_error", "missing_name") for e in run["events"])
 
 
 def _secret_folders() -> list[str]:
