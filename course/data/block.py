@@ -91,22 +91,6 @@ class DataBlockError(Exception):
     "A step of a DataBlock failed; the message names the step and the item (chapter 5)."
 
 # %% ../../nbs/05_image_classification.ipynb #c0024
-def _name(f):
-    "A readable name for a step: a function's name, or a transform's class."
-    if isinstance(f, Transform) and "encodes" in f.__dict__: f = f.encodes
-    return getattr(f, "__name__", None) or type(f).__name__
-
-
-def _short(x, n=70):
-    "A one-line description of `x` for `summary`."
-    if isinstance(x, torch.Tensor): s = f"{type(x).__name__} shape {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
-    elif isinstance(x, Image.Image): s = f"PIL image {x.size[0]}x{x.size[1]} {x.mode}"
-    elif isinstance(x, Path): s = f"Path('.../{x.parent.name}/{x.name}')"
-    elif isinstance(x, tuple): s = "(" + ", ".join(_short(o, 40) for o in x) + ")"
-    else: s = repr(x)
-    return s if len(s) <= n else s[:n - 3] + "..."
-
-
 class DataBlock:
     "A recipe from a source (a folder, a table) to DataLoaders: items, split, labels, blocks and transforms (chapter 5)."
     def __init__(self, blocks, get_items=None, get_x=None, get_y=None, splitter=None,
@@ -154,47 +138,70 @@ class DataBlock:
                                       device=device, after_item=Pipeline(self.item_tfms),
                                       after_batch=Pipeline(self.batch_tfms), **kwargs)
 
-    def summary(self, source, bs=4):
-        "Walk one training item through every step, printing each result; a failing step is named in a DataBlockError."
-        def step(name, f, *args):
-            try: return f(*args)
-            except Exception as e:
-                print(f"  FAILED: {e}")
-                raise DataBlockError(f"The step '{name}' failed on {_short(args[0])}: {type(e).__name__}: {e}") from e
-        print("Getting the items")
-        items = step("get_items", self._items, source)
-        print(f"  {len(items)} items, the first: {_short(items[0])}")
-        print("Splitting them")
-        splits = step("splitter", self.splitter, items)
-        print(f"  {len(splits[0])} training, {len(splits[1])} validation")
-        train_items = [items[i] for i in splits[0]]
-        pipes = self._pipelines()
-        sample = []
-        for i, steps in enumerate(pipes):
-            kind = "input" if i < self.n_inp else "target"
-            print(f"Building the {kind} (element {i}) from {_short(train_items[0])}")
-            x = train_items[0]
-            for t in steps:
-                name = _name(t)
-                if isinstance(t, Transform) and type(t).setup is not Transform.setup:
-                    print(f"  setting up {name} on the {len(train_items)} training items")
-                    # The setup sees each training item as the steps before this one leave it.
-                    before = Pipeline(steps[:steps.index(t)])
-                    step(f"{name} (setup)", lambda items: t.setup([before(o) for o in items]), train_items)
-                x = step(name, t, x)
-                print(f"  {name:<16} -> {_short(x)}")
-            sample.append(x)
-        sample = tuple(sample)
-        after_item = Pipeline(self.item_tfms)
-        print("Item transforms, on the whole sample")
-        for t in after_item.tfms:
-            sample = step(_name(t), lambda s: t(s, 0), sample)
-            print(f"  {_name(t):<16} -> {_short(sample)}")
-        print(f"Collating {bs} copies of this sample into a batch")
-        batch = step("collate", collate, [sample] * bs)
-        print(f"  -> {_short(batch)}")
-        print("Batch transforms")
-        for t in Pipeline(self.batch_tfms).tfms:
-            batch = step(_name(t), lambda b: t(b, 0), batch)
-            print(f"  {_name(t):<16} -> {_short(batch)}")
-        print("Every step worked.")
+# %% ../../nbs/05_image_classification.ipynb #c0041a
+def _name(f):
+    "A readable name for a step: a function's name, or a transform's class."
+    if isinstance(f, Transform) and "encodes" in f.__dict__: f = f.encodes
+    return getattr(f, "__name__", None) or type(f).__name__
+
+
+def _short(x, n=70):
+    "A one-line description of `x` for `summary`."
+    if isinstance(x, torch.Tensor): s = f"{type(x).__name__} shape {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
+    elif isinstance(x, Image.Image): s = f"PIL image {x.size[0]}x{x.size[1]} {x.mode}"
+    elif isinstance(x, Path): s = f"Path('.../{x.parent.name}/{x.name}')"
+    elif isinstance(x, tuple): s = "(" + ", ".join(_short(o, 40) for o in x) + ")"
+    else: s = repr(x)
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
+def _step(name, f, *args):
+    "Run one step of `summary`; if it fails, print FAILED and raise a DataBlockError naming the step and its input."
+    try: return f(*args)
+    except Exception as e:
+        print(f"  FAILED: {e}")
+        raise DataBlockError(f"The step '{name}' failed on {_short(args[0])}: {type(e).__name__}: {e}") from e
+
+# %% ../../nbs/05_image_classification.ipynb #c0041d
+def _summary(self, source, bs=4):
+    "Walk one training item of `source` through every step of the DataBlock, printing each result; a failing step is named in a DataBlockError (chapter 5)."
+    print("Getting the items")
+    items = _step("get_items", self._items, source)
+    print(f"  {len(items)} items, the first: {_short(items[0])}")
+    print("Splitting them")
+    splits = _step("splitter", self.splitter, items)
+    print(f"  {len(splits[0])} training, {len(splits[1])} validation")
+    train_items = [items[i] for i in splits[0]]
+    pipes = self._pipelines()
+    sample = []
+    for i, steps in enumerate(pipes):
+        kind = "input" if i < self.n_inp else "target"
+        print(f"Building the {kind} (element {i}) from {_short(train_items[0])}")
+        x = train_items[0]
+        for t in steps:
+            name = _name(t)
+            if isinstance(t, Transform) and type(t).setup is not Transform.setup:
+                print(f"  setting up {name} on the {len(train_items)} training items")
+                # The setup sees each training item as the steps before this one leave it.
+                before = Pipeline(steps[:steps.index(t)])
+                _step(f"{name} (setup)", lambda items: t.setup([before(o) for o in items]), train_items)
+            x = _step(name, t, x)
+            print(f"  {name:<16} -> {_short(x)}")
+        sample.append(x)
+    sample = tuple(sample)
+    after_item = Pipeline(self.item_tfms)
+    print("Item transforms, on the whole sample")
+    for t in after_item.tfms:
+        sample = _step(_name(t), lambda s: t(s, 0), sample)
+        print(f"  {_name(t):<16} -> {_short(sample)}")
+    print(f"Collating {bs} copies of this sample into a batch")
+    batch = _step("collate", collate, [sample] * bs)
+    print(f"  -> {_short(batch)}")
+    print("Batch transforms")
+    for t in Pipeline(self.batch_tfms).tfms:
+        batch = _step(_name(t), lambda b: t(b, 0), batch)
+        print(f"  {_name(t):<16} -> {_short(batch)}")
+    print("Every step worked.")
+
+
+DataBlock.summary = _summary  # a method of DataBlock, written here, where it is used

@@ -40,7 +40,7 @@ def pets_cats_dogs(path, size=224, bs=64, valid_pct=0.2, seed=42, num_workers=0)
 
 # %% ../../nbs/15_architectures.ipynb #c0037
 def quickstart(arch="resnet34", epochs=1, size=None, bs=None, seed=42):
-    "Train the course's first model: cats vs dogs on Oxford-IIIT Pets, a pretrained `arch` fine-tuned; print the results (chapter 15)."
+    "Train the course's first model: cats vs dogs on Oxford-IIIT Pets, a pretrained `arch` fine-tuned (head alone, then all layers); print the results (chapter 15)."
     from course.data.external import URLs, untar_data
     start, offline = time.perf_counter(), is_offline()
     set_seed(seed)
@@ -48,18 +48,13 @@ def quickstart(arch="resnet34", epochs=1, size=None, bs=None, seed=42):
     bs = bs or (32 if offline else 64)
     if offline:
         print(f"COURSE_OFFLINE=1: training on the offline twin of Oxford-IIIT Pets (generated pictures) at {size} px, "
-              "with random stand-in weights; on a GPU server with internet expect an error rate under 1% on the real photos.")
+              "from stand-in weights pretrained on generated images, not ImageNet; on a GPU server with internet "
+              "expect an error rate under 1% on the real photos.")
     path = untar_data(URLs.PETS) / "images"
     dls = pets_cats_dogs(path, size=size, bs=bs, seed=seed)
     print(f"{len(dls.train.dataset)} training and {len(dls.valid.dataset)} validation images, labels {dls.vocab}")
     learn = vision_learner(dls, arch, metrics=error_rate)
-    if offline:
-        # The stand-in weights are random: there is nothing to fine-tune, so train every layer at one higher
-        # rate, one epoch longer. With real pretrained weights the usual fine_tune(epochs) is all it takes.
-        print(f"Stand-in weights: training all layers at lr 1e-2 for {epochs + 1} epochs instead of fine-tuning.")
-        learn.fine_tune(epochs + 1, base_lr=1e-2, lr_mult=1)
-    else:
-        learn.fine_tune(epochs)
+    learn.fine_tune(epochs)  # one epoch with the body frozen, then `epochs` with every layer training
     print(f"error_rate: {learn.recorder.history[-1]['error_rate']:.4f}")
     f = dls.valid.dataset.items[0]
     label, idx, probs = learn.predict(f)

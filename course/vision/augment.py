@@ -13,15 +13,66 @@ import torch.nn.functional as F
 from ..data.core import TensorImage, Transform
 
 # %% auto #0
-__all__ = ['IMAGENET_STATS', 'BatchAugment', 'aug_transforms', 'Normalize']
+__all__ = ['IMAGENET_STATS', 'crop_flip_matrices', 'sample_batch', 'rotate_zoom_warp_matrices', 'lighting', 'BatchAugment', 'Normalize', 'aug_transforms']
 
 # %% ../../nbs/05_image_classification.ipynb #c0031
+def _uniform(n, lo, hi, g):
+    "`n` numbers drawn uniformly in lo..hi from generator `g` (None: PyTorch's global stream, which `set_seed` governs)."
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def crop_flip_matrices(n, min_scale=0.75, max_aspect=4/3, flip=True, g=None):
+    "(n, 3, 3) maps from output to input coordinates (both in -1..1): a random window of the image, mirrored half the time (chapter 5)."
+    # The window holds a fraction `area` of the image; its width / height is between 1/max_aspect and max_aspect
+    area, logr = _uniform(n, min_scale, 1., g), _uniform(n, -math.log(max_aspect), math.log(max_aspect), g)
+    cw, ch = (area * logr.exp()).sqrt().clamp(max=1.), (area / logr.exp()).sqrt().clamp(max=1.)
+    cx, cy = _uniform(n, -1., 1., g) * (1 - cw), _uniform(n, -1., 1., g) * (1 - ch)  # its centre, kept inside the image
+    M = torch.zeros(n, 3, 3)
+    M[:, 0, 0], M[:, 1, 1], M[:, 0, 2], M[:, 1, 2], M[:, 2, 2] = cw, ch, cx, cy, 1.
+    if flip:  # x -> -x before the crop, for about half the images
+        sx = torch.where(torch.rand(n, generator=g) < 0.5, -1., 1.)
+        M = M @ torch.diag_embed(torch.stack([sx, torch.ones(n), torch.ones(n)], 1))
+    return M
+
+
+def sample_batch(x, mats, size, pad_mode="reflection"):
+    "Read each image of `x` (B, C, H, W) through its own map `mats` (B, 3, 3) at the pixels of a `size` (h, w) output: ONE interpolation (chapter 5)."
+    B, (H, W) = x.shape[0], size
+    ys, xs = [(torch.arange(n, device=x.device) * 2 + 1) / n - 1 for n in (H, W)]  # pixel centres in -1..1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    base = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(-1, 3)    # (H*W, 3) homogeneous, the same for every image
+    src = torch.einsum("pk,bjk->bpj", base, mats.to(x.device))          # (B, H*W, 3) input coordinates, per image
+    grid = (src[..., :2] / src[..., 2:]).reshape(B, H, W, 2)            # divide by w: the perspective warp
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad_mode, align_corners=False)
+
+# %% ../../nbs/05_image_classification.ipynb #c0031c
 def _rotation(theta):
     "(B, 3, 3) rotation matrices for angles `theta` (B,) in radians."
     c, s, z, o = theta.cos(), theta.sin(), torch.zeros_like(theta), torch.ones_like(theta)
     return torch.stack([c, -s, z, s, c, z, z, z, o], 1).view(-1, 3, 3)
 
 
+def rotate_zoom_warp_matrices(n, max_rotate=10., max_zoom=1.1, max_warp=0.2, p_affine=0.75, g=None):
+    "(n, 3, 3) maps that rotate (up to `max_rotate` degrees), zoom in and warp the perspective, each image with probability `p_affine` (the others: the identity) (chapter 5)."
+    do = torch.rand(n, generator=g) < p_affine
+    theta = _uniform(n, -max_rotate, max_rotate, g) * math.pi / 180 * do
+    zoom = 1 / torch.where(do, _uniform(n, 1., max_zoom, g), torch.ones(n))  # zooming in = sampling a smaller area
+    W = torch.eye(3).repeat(n, 1, 1)
+    W[:, 2, 0], W[:, 2, 1] = _uniform(n, -max_warp, max_warp, g) * do, _uniform(n, -max_warp, max_warp, g) * do
+    Z = torch.diag_embed(torch.stack([zoom, zoom, torch.ones(n)], 1))
+    return _rotation(theta) @ Z @ W
+
+# %% ../../nbs/05_image_classification.ipynb #c0031f
+def lighting(x, max_lighting=0.2, p_lighting=0.75, g=None):
+    "Random brightness and contrast for a fraction `p_lighting` of the images of `x` (B, C, H, W) in 0..1; pixel by pixel, no resampling (chapter 5)."
+    B = x.shape[0]
+    do = torch.rand(B, generator=g) < p_lighting
+    bright, contrast = _uniform(B, -max_lighting, max_lighting, g) * do, (_uniform(B, -max_lighting, max_lighting, g) * do).exp()
+    bright, contrast, do = (t.to(x.device).view(B, 1, 1, 1) for t in (bright, contrast, do))
+    lit = ((x - 0.5) * contrast + 0.5 + bright).clamp(0, 1)
+    return torch.where(do, lit, x)  # the other images keep their pixels exactly
+
+# %% ../../nbs/05_image_classification.ipynb #c0031i
 class BatchAugment(Transform):
     "Random resized crop, flip, rotation, zoom, perspective warp and lighting on a batch (B, C, H, W) on its device, in ONE interpolation (chapter 5)."
     order = 40  # after IntToFloat (30), before Normalize (90)
@@ -63,58 +114,24 @@ class BatchAugment(Transform):
                                          align_corners=False))
 
     def matrices(self, n, device="cpu"):
-        "(n, 3, 3) random maps from output to input coordinates (both in -1..1): crop, flip, rotate, zoom, warp combined."
-        g, U = self.g, lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=self.g)
-        # Random resized crop: a window holding a fraction `area` of the image, aspect ratio between 3/4 and 4/3.
-        area, logr = U(self.min_scale, 1.), U(-math.log(self.max_aspect), math.log(self.max_aspect))
-        cw, ch = (area * logr.exp()).sqrt().clamp(max=1.), (area / logr.exp()).sqrt().clamp(max=1.)
-        cx, cy = U(-1., 1.) * (1 - cw), U(-1., 1.) * (1 - ch)  # window centre, kept inside the image
-        M = torch.zeros(n, 3, 3)
-        M[:, 0, 0], M[:, 1, 1], M[:, 0, 2], M[:, 1, 2], M[:, 2, 2] = cw, ch, cx, cy, 1.
-        if self.flip:
-            flip = torch.ones(n); flip[torch.rand(n, generator=g) < 0.5] = -1.
-            M = M @ torch.diag_embed(torch.stack([flip, torch.ones(n), torch.ones(n)], 1))
-        do = torch.rand(n, generator=g) < self.p_affine  # rotation, zoom and warp together, for a fraction of images
-        theta = U(-self.max_rotate, self.max_rotate) * math.pi / 180 * do
-        zoom = 1 / torch.where(do, U(1., self.max_zoom), torch.ones(n))  # zooming in = sampling a smaller area
-        W = torch.eye(3).repeat(n, 1, 1)
-        W[:, 2, 0], W[:, 2, 1] = U(-self.max_warp, self.max_warp) * do, U(-self.max_warp, self.max_warp) * do
-        Z = torch.diag_embed(torch.stack([zoom, zoom, torch.ones(n)], 1))
-        return (M @ _rotation(theta) @ Z @ W).to(device)
+        "(n, 3, 3) random maps from output to input coordinates: crop and flip, then rotate, zoom and warp."
+        crop_flip = crop_flip_matrices(n, self.min_scale, self.max_aspect, self.flip, self.g)
+        return (crop_flip @ rotate_zoom_warp_matrices(n, self.max_rotate, self.max_zoom, self.max_warp, self.p_affine, self.g)).to(device)
 
     def augment(self, x):
         "Training: sample every image of `x` through its own random map (one `grid_sample`), then random lighting."
         self._reseed_in_worker()
-        B, C = x.shape[:2]
-        H, W = self._out_size(x)
-        x = x.as_subclass(torch.Tensor)
-        ys, xs = [(torch.arange(n, device=x.device) * 2 + 1) / n - 1 for n in (H, W)]  # pixel centres in -1..1
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        base = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(-1, 3)    # (H*W, 3) homogeneous, for every image
+        B, size, x = x.shape[0], self._out_size(x), x.as_subclass(torch.Tensor)
         mats = self.matrices(B, x.device)
-        if (H, W) == tuple(x.shape[-2:]) and torch.equal(mats, torch.eye(3, device=x.device).expand(B, 3, 3)):
+        if size == tuple(x.shape[-2:]) and torch.equal(mats, torch.eye(3, device=x.device).expand(B, 3, 3)):
             out = x  # every map is the identity (all augmentations off): no resampling, the pixels are untouched
         else:
-            src = torch.einsum("pk,bjk->bpj", base, mats)              # (B, H*W, 3) input coords, per image
-            grid = (src[..., :2] / src[..., 2:]).reshape(B, H, W, 2)    # divide: the perspective warp
             self.n_interpolations += 1
-            out = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.pad_mode, align_corners=False)
-        if self.max_lighting > 0:
-            do = torch.rand(B, generator=self.g) < self.p_lighting
-            U = lambda: (2 * torch.rand(B, generator=self.g) - 1) * self.max_lighting * do
-            bright, contrast = U().to(x.device).view(B, 1, 1, 1), U().exp().to(x.device).view(B, 1, 1, 1)
-            lit = ((out - 0.5) * contrast + 0.5 + bright).clamp(0, 1)  # pixel-wise: no resampling
-            out = torch.where(do.to(x.device).view(B, 1, 1, 1), lit, out)  # the other images keep their pixels exactly
+            out = sample_batch(x, mats, size, self.pad_mode)
+        if self.max_lighting > 0: out = lighting(out, self.max_lighting, self.p_lighting, self.g)
         return TensorImage(out)
 
     def __repr__(self): return f"BatchAugment(size={self.size}, min_scale={self.min_scale}, max_rotate={self.max_rotate})"
-
-
-def aug_transforms(size=None, min_scale=0.75, flip=True, max_rotate=10., max_zoom=1.1, max_warp=0.2, max_lighting=0.2,
-                   p_affine=0.75, p_lighting=0.75, max_aspect=4/3, seed=None):
-    "The usual batch augmentations for photos, as a list of transforms for `batch_tfms` (chapter 5)."
-    return [BatchAugment(size, min_scale, flip, max_rotate, max_zoom, max_warp, max_lighting, p_affine, p_lighting,
-                         max_aspect=max_aspect, seed=seed)]
 
 # %% ../../nbs/05_image_classification.ipynb #c0035
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # per-channel mean and std of ImageNet, in 0..1
@@ -138,3 +155,10 @@ class Normalize(Transform):
         return TensorImage(x * s + m)
 
     def __repr__(self): return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+# %% ../../nbs/05_image_classification.ipynb #c0036a
+def aug_transforms(size=None, min_scale=0.75, flip=True, max_rotate=10., max_zoom=1.1, max_warp=0.2, max_lighting=0.2,
+                   p_affine=0.75, p_lighting=0.75, max_aspect=4/3, seed=None):
+    "The usual batch augmentations for photos, as a list of transforms for `batch_tfms` (chapter 5)."
+    return [BatchAugment(size, min_scale, flip, max_rotate, max_zoom, max_warp, max_lighting, p_affine, p_lighting,
+                         max_aspect=max_aspect, seed=seed)]

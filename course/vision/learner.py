@@ -19,7 +19,7 @@ from .weights import pretrained_model
 
 
 # %% auto #0
-__all__ = ['default_cut', 'create_body', 'arch_model', 'num_features', 'create_head', 'vision_model', 'body_head_splitter', 'vision_learner', 'unet_model', 'unet_splitter', 'unet_learner', 'SiameseModel', 'siamese_model', 'siamese_splitter']
+__all__ = ['default_cut', 'create_body', 'arch_model', 'num_features', 'create_head', 'vision_model', 'body_head_splitter', 'vision_learner', 'unet_model', 'encoder_splitter', 'unet_learner', 'SiameseModel', 'siamese_model']
 
 # %% ../../nbs/15_architectures.ipynb #c0008
 def _is_pool(m): return isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
@@ -123,8 +123,8 @@ def unet_model(n_out, arch="resnet18", pretrained=True, c_in=3):
     return UNet(create_body(arch_model(arch, pretrained)), n_out, c_in)
 
 
-def unet_splitter(model):
-    "Two parameter groups: the encoder, then everything the U-Net added (chapter 15)."
+def encoder_splitter(model):
+    "Two parameter groups: `model.encoder`'s parameters, then every other one (a U-Net's decoder, a Siamese head) (chapter 15)."
     enc = list(model.encoder.parameters())
     ids = {id(p) for p in enc}
     return [enc, [p for p in model.parameters() if id(p) not in ids]]
@@ -134,29 +134,31 @@ def unet_learner(dls, n_out, arch="resnet18", pretrained=True, loss_func=F.cross
     "A Learner for segmentation: a UNet on the body of `arch`, encoder frozen, two parameter groups (chapter 15)."
     pretrained = _use_pretrained(arch, pretrained)
     model = _exportable(unet_model, pretrained, n_out=n_out, arch=arch)
-    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, splitter=unet_splitter, **kwargs)
+    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, splitter=encoder_splitter, **kwargs)
     if pretrained: learn.freeze()
     return learn
 
 # %% ../../nbs/15_architectures.ipynb #c0060
 class SiameseModel(nn.Module):
-    "One `encoder` applied to two images; the head sees both feature maps side by side (chapter 15)."
+    "Same or different? One `encoder` reads both images in one batch; `head` sees what their pooled features share and where they differ (chapter 15)."
     def __init__(self, encoder, head):
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.encoder, self.pool, self.head = encoder, ConcatPool2d(), head
 
     def forward(self, x1, x2):
-        # (B, 3, H, W) twice -> (B, nf, h, w) twice, with the same weights -> (B, 2nf, h, w) -> (B, n_out)
-        return self.head(torch.cat([self.encoder(x1), self.encoder(x2)], dim=1))
+        # (B, 3, H, W) twice -> one batch (2B, 3, H, W) -> features (2B, nf, h, w) -> pooled (2B, 2nf)
+        feats = self.pool(self.encoder(torch.cat([x1, x2]))).flatten(1)
+        f1, f2 = feats.chunk(2)  # (B, 2nf) each: the first B rows came from x1
+        # Sum and absolute difference do not change when x1 and x2 swap places: (B, 4nf) -> (B, n_out)
+        return self.head(torch.cat([f1 + f2, (f1 - f2).abs()], dim=1))
 
 
 @register_factory
 def siamese_model(arch="resnet18", n_out=2, pretrained=True, hidden=512, ps=0.5):
-    "A SiameseModel on the body of `arch` with a create_head for the two concatenated feature maps (chapter 15)."
+    "A SiameseModel on the body of `arch`, with create_head's linear blocks (no pooling) on 4 * nf compared features (chapter 15)."
     encoder = create_body(arch_model(arch, pretrained))
-    return SiameseModel(encoder, create_head(2 * num_features(encoder), n_out, hidden, ps))
-
-
-def siamese_splitter(model):
-    "Two parameter groups: the shared encoder, then the head (chapter 15)."
-    return [list(model.encoder.parameters()), list(model.head.parameters())]
+    nf = num_features(encoder)
+    # Pooled features have 2 * nf values per image; sum and difference give 4 * nf. The model pools, so drop
+    # the head's own pooling and flattening (its first two layers).
+    head = create_head(4 * nf, n_out, hidden, ps, concat_pool=False)[2:]
+    return SiameseModel(encoder, head)
