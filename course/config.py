@@ -99,4 +99,4 @@ def quick_limit(name: str, value):
 def quick_mode_note() -> str:
     "One line saying what quick mode shrinks, for the note at the top of notebooks executed offline."
     limits = ", ".join(f"{k.replace('_', ' ')} capped at {v}" for k, v in QUICK_LIMITS.items())
-    return f"Quick mode: offline twins instead of the real datasets, random-initialised stand-ins for pretrained weights; {limits}."
+    return f"Quick mode: offline twins instead of the real datasets, stand-ins pretrained on generated images for pretrained weights; {limits}."

@@ -19,16 +19,7 @@ CHAPTERS = sorted(p for pattern in ("[0-9][0-9]_*.ipynb", "app_*.ipynb") for p i
 CASES = ("model", "blank", "pasted", "noop", "keywords", "one_letter", "longest", "rubrics", "samples", "imports", "format")
 
 # (chapter, case) -> why it fails today: content the chapters must change (see the report of issue 14)
-XFAIL = {
-    ("05", "one_letter"): "right letters not balanced yet: run balance_choices on the chapter",
-    ("05", "longest"): "the right option is the longest too often: reword options",
-    ("05", "rubrics"): "05.09, 05.20, 05.22: patterns match lone words; no wrong sample that uses the rubric's words",
-    ("05", "imports"): "imports check and key only, not hint and check_all",
-    ("15", "one_letter"): "right letters not balanced yet: run balance_choices on the chapter",
-    ("15", "longest"): "the right option is the longest too often: reword options",
-    ("15", "rubrics"): "15.09, 15.22: patterns match lone words; no wrong sample that uses the rubric's words",
-    ("15", "imports"): "imports check and key only, not hint and check_all",
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _params():

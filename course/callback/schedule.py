@@ -95,9 +95,10 @@ class LRFinder(Callback):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(self.lrs, self.losses)
         ax.set_xscale("log"); ax.set_xlabel("learning rate"); ax.set_ylabel("loss (smoothed)")
+        labels = {"minimum": "minimum (a tenth of the lowest loss's rate)", "steep": "steep (fastest fall)"}
         for (name, lr), marker in zip((suggested._asdict() if suggested else {}).items(), ("o", "s")):
             i = int(np.argmin(np.abs(np.log(self.lrs) - np.log(lr))))
-            ax.plot(lr, self.losses[i], marker, label=f"{name}: {lr:.1e}")
+            ax.plot(lr, self.losses[i], marker, label=f"{labels[name]}: {lr:.1e}")
         if suggested: ax.legend()
         return ax
 
