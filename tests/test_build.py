@@ -1,6 +1,7 @@
 """The build: full/ and stripped/ rules, determinism, and --check, on the fixture chapters."""
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from course.tools.build import NOTE_ID, build, make_full, make_stripped, read_notebook
@@ -21,8 +22,39 @@ def test_full_keeps_prose_and_drops_plumbing(mini_repo):
     assert "assert add(1, 2) == 3" not in text, "hidden cells must be dropped"
     assert "key(kind=" not in text, "answer keys must never reach full/"
     assert "nbdev_export" not in text, "export plumbing must be dropped"
-    assert full["metadata"] == {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
+    assert full["metadata"]["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     assert all(c["metadata"] == {} for c in full["cells"])
+
+
+def test_metadata_is_what_jupyterlab_writes(mini_repo):
+    "JupyterLab replaces a notebook's kernelspec and language_info by its kernel's when they differ, and then asks to save it."
+    import sys
+    from ipykernel.ipkernel import IPythonKernel
+    from ipykernel.kernelspec import get_kernel_dict
+    build(mini_repo, log=lambda *a: None)
+    spec = get_kernel_dict()
+    want = {"kernelspec": {"name": "python3", "display_name": spec["display_name"], "language": spec["language"]},
+            "language_info": IPythonKernel.language_info}
+    assert want["language_info"]["version"] == sys.version.split()[0]
+    for folder in ("full", "stripped"):
+        for path in sorted((mini_repo / folder).glob("*.ipynb")):
+            assert json.loads(path.read_text())["metadata"] == want, path
+
+
+def test_check_ignores_the_python_version_and_the_build_keeps_it(mini_repo):
+    "The version names the machine, not nbs/: --check passes on any Python, and a rebuild does not rewrite every file for it."
+    build(mini_repo, log=lambda *a: None)
+    paths = [mini_repo / f / "01_demo.ipynb" for f in ("full", "stripped")]
+    for p in paths:
+        p.write_text(p.read_text().replace(f'"version": "{sys.version.split()[0]}"', '"version": "3.10.1"'))
+    before = [p.read_bytes() for p in paths]
+    assert all(b'"version": "3.10.1"' in b for b in before)
+    assert build(mini_repo, check=True) == []
+    build(mini_repo, log=lambda *a: None)
+    assert [p.read_bytes() for p in paths] == before
+    for p in paths:  # a notebook written before the build wrote language_info is stale
+        nb = json.loads(p.read_text()); del nb["metadata"]["language_info"]; p.write_text(json.dumps(nb))
+    assert sorted(build(mini_repo, check=True)) == ["full/01_demo.ipynb", "stripped/01_demo.ipynb"]
 
 
 def test_stripped_keeps_headings_code_and_questions(mini_repo):

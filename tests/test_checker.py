@@ -491,16 +491,49 @@ def test_run_check_exits_2_with_one_line(tmp_path, course_home, capsys, make, wo
     assert not (course_home / "progress.json").exists()
 
 
-def test_run_progress_table_and_chart(tmp_path, course_home, keys_in, capsys):
-    assert run_progress() == 0
+def test_run_progress_table_and_chart(tmp_path, course_home, keys_in, capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_WORKSPACE", str(tmp_path / "ws"))
+    assert run_progress() is None  # nothing for Jupyter to print after the output
     assert "never" in capsys.readouterr().out
     run_check(str(learner_copy(tmp_path, NON_CODE_RIGHT)))
     capsys.readouterr()
-    assert run_progress() == 0
+    assert run_progress() is None
     out = capsys.readouterr().out
     assert "98       5/7 (71%)  5/7" in out and "A fixture chapter" in out
-    png = course_home / "progress.png"
+    png, beside = course_home / "progress.png", tmp_path / "ws" / "progress.png"
     assert f"Chart saved to {png}" in out and png.read_bytes()[:4] == b"\x89PNG"
+    assert f"and to {beside}, beside your notebooks" in out and beside.read_bytes() == png.read_bytes()
+
+
+def test_check_all_puts_the_questions_not_answered_yet_on_one_line(monkeypatch, capsys):
+    from course.quiz.display import Report
+    monkeypatch.setattr(quiz, "_SESSION_KEYS", dict(KEYS))
+    monkeypatch.setattr(quiz, "_SESSION_ANSWERS", {})
+    ns = {"check": quiz.check}
+    run_cell('check("98.04", "broadcast")', ns)
+    capsys.readouterr()
+    quiz.check_all()
+    out = capsys.readouterr().out
+    assert "98.04  short  correct" in out and "Write your answer" not in out
+    assert "7 not answered yet: 98.01, 98.02, 98.03, 98.05, 98.06, 98.07, 98.08\n" in out
+    assert out.count("98.03") == 1 and out.rstrip().endswith("of 7 answered · answered 0 of 1 open question (self-assessed, not in the score)")
+    page = Report(quiz.check_all(show=False))._repr_html_()
+    assert page.count("<tr>") == 2 and "7 not answered yet: 98.01, 98.02, 98.03, 98.05, 98.06, 98.07, 98.08</p>" in page
+    monkeypatch.setattr(quiz, "_SESSION_ANSWERS", {})  # nothing answered: the line alone, no empty table
+    quiz.check_all()
+    out = capsys.readouterr().out
+    assert out.startswith("8 not answered yet: 98.01, ") and "verdict" not in out
+
+
+def test_course_check_keeps_a_row_for_what_needs_saying(tmp_path, keys_in, capsys):
+    "A question not answered because its cell was turned into markdown keeps its row: the feedback says how to fix it."
+    def retype(nb):
+        cell = next(c for c in nb["cells"] if is_slot(c, "98.01"))
+        cell["cell_type"] = "markdown"; cell.pop("outputs"); cell.pop("execution_count")
+    from course.quiz.display import results_table
+    table = results_table(check_notebook(learner_copy(tmp_path, {"98.04": RIGHT["98.04"]}, edit=retype), keys=KEYS))
+    assert "98.01  choice  not answered" in table and "turn it back into" in table
+    assert "6 not answered yet: 98.02, 98.03, 98.05, 98.06, 98.07, 98.08" in table
 
 
 def numbered_copy(tmp_path, chapter: str) -> Path:

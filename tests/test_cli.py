@@ -48,6 +48,18 @@ def test_start_copies_and_never_overwrites(mini_repo, tmp_path, capsys):
     assert len(backups) == 1 and backups[0].read_bytes() == mine, "the learner's work is kept on --force"
 
 
+def test_the_copy_names_this_python_so_jupyterlab_opens_it_unmodified(mini_repo, tmp_path):
+    build(mini_repo, log=lambda *a: None)
+    stripped = mini_repo / "stripped" / "01_demo.ipynb"
+    here = sys.version.split()[0]
+    stripped.write_text(stripped.read_text().replace(f'"version": "{here}"', '"version": "3.10.1"'))
+    dest = cli.start_chapter("1", tmp_path / "ws", root=mini_repo)
+    copy, source = json.loads(dest.read_text()), json.loads(stripped.read_text())
+    assert copy["metadata"]["language_info"]["version"] == here and source["metadata"]["language_info"]["version"] == "3.10.1"
+    source["metadata"]["language_info"]["version"] = here
+    assert copy == source, "only the version changes"
+
+
 def test_two_forced_starts_in_one_second_keep_both_copies(mini_repo, tmp_path, monkeypatch, capsys):
     build(mini_repo, log=lambda *a: None)
     ws = tmp_path / "ws"
@@ -141,10 +153,67 @@ def test_doctor_table_and_broken_install(monkeypatch, capsys):
     assert "Traceback" not in out
 
 
+def test_doctor_table_fits_a_notebook_cell(monkeypatch, capsys):
+    long = ("warn", "x" * 30 + " a long finding " * 6, "do this, then that, " * 12)
+    monkeypatch.setattr(cli, "DOCTOR_CHECKS", [("data folder", lambda: long), ("Python", lambda: ("ok", "3.11.7", ""))])
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert cli.main(["doctor"]) == 0  # not a terminal: 100 characters, as in a notebook cell (`!course doctor`)
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100 and "→ do this" in out and out.count("do this") == 12
+    monkeypatch.setenv("COLUMNS", "72")  # a terminal 72 characters wide
+    cli.main(["doctor"])
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 72
+
+
+def fake_python(tmp_path, prefix, has_course=True):
+    "An executable that answers the doctor's question as a Python installed in `prefix` would."
+    exe = tmp_path / "env" / "bin" / "python"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(f"#!/bin/sh\necho {prefix}\necho {has_course}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_doctor_names_the_fix_when_the_kernel_runs_another_python(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "_kernel_python", lambda: sys.executable)
+    assert cli._check_kernel()[0] == "ok"
+    other = fake_python(tmp_path, tmp_path / "env")
+    monkeypatch.setattr(cli, "_kernel_python", lambda: other)
+    status, found, todo = cli._check_kernel()
+    assert status == "warn" and other in found and sys.executable in found
+    assert todo == f"activate the notebooks' environment in this terminal (JupyterLab's too): source {tmp_path / 'env' / 'bin' / 'activate'}"
+    (tmp_path / "env").rename(tmp_path / "env2")
+    other = fake_python(tmp_path, tmp_path / "env", has_course=False)
+    status, found, todo = cli._check_kernel()
+    assert status == "warn" and "cannot import the course" in todo and str(Path(sys.executable).parent / "activate") in todo
+    monkeypatch.setattr(cli, "_kernel_python", lambda: str(tmp_path / "gone" / "python"))
+    status, found, todo = cli._check_kernel()
+    assert status == "warn" and "does not exist" in found and "-m ipykernel install --user --name python3" in todo
+
+
+def test_the_kernel_python_is_the_kernel_specs(monkeypatch):
+    from jupyter_client.kernelspec import KernelSpecManager
+    class Spec: argv = ["/opt/env/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", lambda self, name: Spec())
+    assert cli._kernel_python() == "/opt/env/bin/python"
+    Spec.argv = ["python", "-m", "ipykernel_launcher"]  # a plain `python`: the Python that runs the Jupyter server
+    import jupyter_server.serverapp
+    monkeypatch.setattr(jupyter_server.serverapp, "list_running_servers", lambda: iter([]))
+    assert cli._kernel_python() is None  # no server running: unknown
+    if not Path("/proc/self/cmdline").exists(): return
+    server = subprocess.Popen([sys.executable, "-c", "import sys, time; print(1, flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:  # it stands for a running server; once it has printed, its command line is readable
+        server.stdout.readline()
+        monkeypatch.setattr(jupyter_server.serverapp, "list_running_servers", lambda: iter([{"pid": server.pid}]))
+        assert cli._kernel_python() == sys.executable
+    finally:
+        server.kill(); server.wait()
+
+
 def test_doctor_runs_for_real():
     proc = run("doctor")
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr
-    for what in ("Python", "torch", "torchvision", "GPU", "ipywidgets", "disk", "data folder", "internet"):
+    for what in ("Python", "torch", "torchvision", "GPU", "ipywidgets", "disk", "data folder", "internet", "kernel"):
         assert what in proc.stdout
 
 

@@ -137,4 +137,5 @@ def test_standin_body_transfers_to_pets(data):
     for name, net in [("random", random_body), ("stand-in", torch.nn.Sequential(*list(standin.children())[:-2]))]:
         f = _features(net, x)
         errors[name] = _linear_probe_error(f[~valid], y[~valid], f[valid], y[valid], len(breeds))
+    print(errors)
     assert errors["stand-in"] < errors["random"] - 0.1, errors

@@ -12,7 +12,7 @@ import os
 import sys
 
 from .checker import check_notebook
-from .display import _Html, _show, Report
+from .display import _Html, _show, _WRITE_YOUR_ANSWER, Report
 from .grading import _blank, _defined_names, code_without_check, grade, is_stub, Result
 from .keys import anchor, ANSWER_RE, chapter_of, load_keys, NotebookError, package_dir, qid_order, QID_RE, question_problem, validate_key
 
@@ -70,7 +70,7 @@ def _check(qid, answer, cell_source: str) -> Result:
     except ValueError as e: return Result(qid, "?", "error", feedback=str(e))
     if answer is _MISSING:
         if qid not in _SESSION_ANSWERS:
-            return Result(qid, k["kind"] if k else "?", "not answered", feedback="Write your answer in the question's cell and run it.",
+            return Result(qid, k["kind"] if k else "?", "not answered", feedback=_WRITE_YOUR_ANSWER,
                           section=k["section"] if k else "")
         answer = _SESSION_ANSWERS[qid]
     if k is None:  # in nbs/ a question's slot runs before its key cell: a blank slot or a stub is simply not answered

@@ -308,6 +308,9 @@ def lint_questionnaire(nb_path, counts: bool = False, run: bool = True, timeout:
         if k["kind"] == "choice" and k.get("options"):
             wrong = set([k["correct"]] if isinstance(k["correct"], str) else k["correct"]) - set(k["options"])
             if wrong: problems.append(f"question {qid}: correct option(s) {sorted(wrong)} are not among the options")
+        if k["kind"] == "choice" and re.search(r"^\(?[a-z]\)\s+\S", k.get("question") or "", re.M):
+            problems.append(f"question {qid}: write each option as a list item ('- a) ...'): plain lines run together into one "
+                            "paragraph when Jupyter renders the cell")
         for text, expected in k.get("samples", []):
             got = grade(k, text).score / _points(k)
             if not sample_ok(expected, got): problems.append(f"question {qid}: sample marked {expected} scores {got:.2f}: {text[:60]!r}")

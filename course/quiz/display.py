@@ -12,7 +12,7 @@ from .keys import anchor
 from ..utils import in_notebook, text_table
 
 # %% auto #0
-__all__ = ['results_table', 'graded_totals', 'summary_line', 'Report']
+__all__ = ['not_answered_line', 'results_table', 'graded_totals', 'summary_line', 'Report']
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0050s1
 def _show(obj):
@@ -31,15 +31,32 @@ class _Html:
     __str__ = __repr__
 
 # %% ../../nbs/lib/02_questionnaire.ipynb #c0054
+_WRITE_YOUR_ANSWER = "Write your answer in the question's cell and run it."
+
+
+def _not_yet(r: Result) -> bool:
+    "True for a question simply not answered yet: no feedback beyond 'write your answer'."
+    return r.verdict == "not answered" and r.feedback in ("", _WRITE_YOUR_ANSWER)
+
+
+def not_answered_line(results: list[Result]) -> str:
+    "One line naming the questions not answered yet ('2 not answered yet: 04.03, 04.07'); empty when there are none."
+    ids = [r.qid for r in results if _not_yet(r)]
+    return f"{len(ids)} not answered yet: {', '.join(ids)}" if ids else ""
+
+
 def results_table(results: list[Result], width: int = 100) -> str:
-    "The results as a text table (id, kind, verdict, score, feedback, wrapped) with the total on the last line."
+    "The results as a text table (id, kind, verdict, score, feedback, wrapped), the questions not answered yet on one line, and the total."
+    import textwrap
     def feedback(r: Result) -> str:
         text = " ".join(r.feedback.split())
         if r.section and r.verdict in ("wrong", "partly"): text = f"{text} (Section: {r.section})".strip()
         return text
-    rows = [(r.qid, r.kind, r.verdict, "self" if r.kind == "open" else f"{_fmt(r.score)}/{_fmt(r.points)}", feedback(r)) for r in results]
-    table = text_table(rows, ("id", "kind", "verdict", "score", "feedback"), wrap_last=width)
-    return table + "\n" + summary_line(results)
+    rows = [(r.qid, r.kind, r.verdict, "self" if r.kind == "open" else f"{_fmt(r.score)}/{_fmt(r.points)}", feedback(r))
+            for r in results if not _not_yet(r)]
+    lines = [text_table(rows, ("id", "kind", "verdict", "score", "feedback"), wrap_last=width)] if rows else []
+    if not_answered_line(results): lines += textwrap.wrap(not_answered_line(results), width, subsequent_indent="  ")
+    return "\n".join(lines + [summary_line(results)])
 
 
 def graded_totals(results) -> dict:
@@ -71,6 +88,10 @@ class Report:
         rows = "".join(f'<tr><td>{e(r.qid)}</td><td>{e(r.kind)}</td><td style="color:{VERDICT_COLOURS.get(r.verdict, "")}">'
                        f'{VERDICT_MARKS.get(r.verdict, "")} {e(r.verdict)}</td><td>{_fmt(r.score)}/{_fmt(r.points)}</td>'
                        f'<td style="text-align:left">{e(r.feedback)}</td><td><a href="{e(anchor(r.section))}">{e(r.section)}</a></td></tr>'
-                       for r in self.results)
-        return (f'<table><tr><th>id</th><th>kind</th><th>verdict</th><th>score</th><th>feedback</th><th>section</th></tr>{rows}</table>'
-                f'<p>{e(summary_line(self.results))}</p>')
+                       for r in self.results if not _not_yet(r))
+        table = (f'<table><tr><th>id</th><th>kind</th><th>verdict</th><th>score</th><th>feedback</th><th>section</th></tr>{rows}</table>'
+                 if rows else "")
+        line = not_answered_line(self.results)
+        grey = VERDICT_COLOURS.get("not answered", "")
+        rest = f'<p style="color:{grey}">{VERDICT_MARKS.get("not answered", "")} {e(line)}</p>' if line else ""
+        return f'{table}{rest}<p>{e(summary_line(self.results))}</p>'

@@ -20,10 +20,10 @@ from ..config import is_offline, quick_mode_note
 from ..utils import atomic_write
 
 # %% auto #0
-__all__ = ['KERNELSPEC', 'NOTE_ID', 'BuildError', 'find_root', 'chapter_key', 'chapter_notebooks', 'find_chapter',
-           'read_notebook', 'write_notebook', 'dumps_notebook', 'directives', 'strip_directives', 'is_plumbing',
-           'is_dropped', 'heading_lines', 'questionnaire_flags', 'run_note', 'make_full', 'make_stripped',
-           'execute_notebook', 'stale_package', 'layout_problems', 'build']
+__all__ = ['KERNELSPEC', 'LANGUAGE_INFO', 'NOTE_ID', 'BuildError', 'find_root', 'chapter_key', 'chapter_notebooks',
+           'find_chapter', 'read_notebook', 'write_notebook', 'dumps_notebook', 'directives', 'strip_directives',
+           'is_plumbing', 'is_dropped', 'heading_lines', 'questionnaire_flags', 'notebook_metadata', 'python_version',
+           'run_note', 'make_full', 'make_stripped', 'execute_notebook', 'stale_package', 'layout_problems', 'build']
 
 # %% ../../nbs/lib/01_build.ipynb #c0005
 class BuildError(Exception):
@@ -165,8 +165,23 @@ def questionnaire_flags(cells: list[dict]) -> list[bool]:
     return flags
 
 # %% ../../nbs/lib/01_build.ipynb #c0016
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+# what ipykernel reports in its kernel_info, and JupyterLab writes into every notebook it opens, apart from the version
+LANGUAGE_INFO = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py", "mimetype": "text/x-python",
+                 "name": "python", "nbconvert_exporter": "python", "pygments_lexer": "ipython3"}
 NOTE_ID = "course-run-note"
+
+
+def notebook_metadata(version: str | None = None) -> dict:
+    "The metadata JupyterLab writes for a notebook of the `python3` kernel running Python `version` (default: this Python)."
+    return {"kernelspec": dict(KERNELSPEC), "language_info": {**LANGUAGE_INFO, "version": version or sys.version.split()[0]}}
+
+
+def python_version(nb: dict | None) -> str | None:
+    "The Python version recorded in notebook `nb`'s metadata, if any."
+    info = (nb or {}).get("metadata", {}).get("language_info")
+    version = info.get("version") if isinstance(info, dict) else None
+    return version if isinstance(version, str) and version else None
 
 
 def run_note(offline: bool) -> dict:
@@ -180,8 +195,8 @@ def run_note(offline: bool) -> dict:
     return {"cell_type": "markdown", "id": NOTE_ID, "metadata": {}, "source": text}
 
 
-def _new_nb(cells: list[dict]) -> dict:
-    return {"cells": cells, "metadata": {"kernelspec": dict(KERNELSPEC)}, "nbformat": 4, "nbformat_minor": 5}
+def _new_nb(cells: list[dict], version: str | None = None) -> dict:
+    return {"cells": cells, "metadata": notebook_metadata(version), "nbformat": 4, "nbformat_minor": 5}
 
 
 def _code(cid: str, source: str, outputs=None, count=None) -> dict:
@@ -192,7 +207,8 @@ def make_full(nb: dict, executed: dict | None = None, previous: dict | None = No
     """The full notebook of chapter source `nb`.
 
     `executed` is the same notebook after a run (outputs taken by cell position); `previous` is the full
-    notebook built before (outputs kept for unchanged code cells). Without either, no outputs.
+    notebook built before (outputs kept for unchanged code cells). Without either, no outputs. The Python
+    version in the metadata is the executing kernel's, else the previous notebook's, else this Python's.
     """
     cells, src_cells = [], nb["cells"]
     ids = _stable_ids(src_cells)
@@ -218,7 +234,7 @@ def make_full(nb: dict, executed: dict | None = None, previous: dict | None = No
         cells.append(_code(cid, source, outputs, count))
     has_outputs = any(c.get("outputs") for c in cells)
     if note is not None and has_outputs: cells.insert(0, note)
-    return _new_nb(cells)
+    return _new_nb(cells, python_version(executed) or python_version(previous))
 
 
 def _quiz_part(source: str, started_inside: bool) -> tuple[str, str]:
@@ -231,8 +247,8 @@ def _quiz_part(source: str, started_inside: bool) -> tuple[str, str]:
     return "", source
 
 
-def make_stripped(nb: dict) -> dict:
-    "The stripped notebook of chapter source `nb`: headings, code cells without outputs, and the questionnaire."
+def make_stripped(nb: dict, previous: dict | None = None) -> dict:
+    "The stripped notebook of chapter source `nb`: headings, code cells without outputs, and the questionnaire (the Python version of `previous`, if given)."
     cells, src_cells = [], nb["cells"]
     ids = _stable_ids(src_cells)
     flags = questionnaire_flags(src_cells)
@@ -248,14 +264,21 @@ def make_stripped(nb: dict) -> dict:
         else:
             heads = heading_lines(c["source"])
             if heads: cells.append({"cell_type": "markdown", "id": cid, "metadata": {}, "source": "\n\n".join(heads)})
-    return _new_nb(cells)
+    return _new_nb(cells, python_version(previous))
 
 # %% ../../nbs/lib/01_build.ipynb #c0023
+def _without_version(nb: dict) -> dict:
+    "`nb` without the Python version in its metadata, which names the machine that built or ran it."
+    meta = dict(nb.get("metadata", {}))
+    if isinstance(meta.get("language_info"), dict): meta["language_info"] = {k: v for k, v in meta["language_info"].items() if k != "version"}
+    return dict(nb, metadata=meta)
+
+
 def _without_run(nb: dict) -> str:
-    "The notebook's text with outputs, execution counts and the run note removed."
+    "The notebook's text with outputs, execution counts, the run note and the Python version removed."
     cells = [dict(c, outputs=[], execution_count=None) if c.get("cell_type") == "code" else c
              for c in nb.get("cells", []) if c.get("id") != NOTE_ID]
-    return dumps_notebook(dict(nb, cells=[dict(c, source="".join(c.get("source", ""))) for c in cells]))
+    return dumps_notebook(_without_version(dict(nb, cells=[dict(c, source="".join(c.get("source", ""))) for c in cells])))
 
 # %% ../../nbs/lib/01_build.ipynb #c0025
 _RUNNER = r'''
@@ -382,6 +405,12 @@ def layout_problems(root: Path | None = None) -> list[str]:
     return problems
 
 # %% ../../nbs/lib/01_build.ipynb #c0031
+def _built(path: Path) -> dict | None:
+    "The notebook the build wrote at `path` before, or None when there is none (or it cannot be read: it is rewritten)."
+    try: return read_notebook(path) if path.exists() else None
+    except BuildError: return None
+
+
 def build(root: Path | None = None, chapters: list[str] | None = None, execute: bool = False, check: bool = False,
           timeout: float = 900, log=print) -> list[str]:
     "Build (or with `check`, list what is stale in) course/, full/ and stripped/ for the chapters; see `course build --help`."
@@ -403,11 +432,11 @@ def build(root: Path | None = None, chapters: list[str] | None = None, execute: 
     for path in paths:
         nb = read_notebook(path)
         full_path, stripped_path = root / "full" / path.name, root / "stripped" / path.name
-        previous = read_notebook(full_path) if full_path.exists() else None
+        previous, previous_stripped = _built(full_path), _built(stripped_path)
         if check:
             if previous is None or _without_run(previous) != _without_run(make_full(nb)): stale.append(f"full/{path.name}")
-            want = dumps_notebook(make_stripped(nb))
-            if not stripped_path.exists() or stripped_path.read_text(encoding="utf-8") != want: stale.append(f"stripped/{path.name}")
+            want = dumps_notebook(_without_version(make_stripped(nb)))
+            if previous_stripped is None or dumps_notebook(_without_version(previous_stripped)) != want: stale.append(f"stripped/{path.name}")
             continue
         executed = None
         if execute:
@@ -415,7 +444,7 @@ def build(root: Path | None = None, chapters: list[str] | None = None, execute: 
             executed = execute_notebook(path, timeout=timeout)
             log(f"executed {path.name} in {time.time() - start:.0f} s")
         write_notebook(make_full(nb, executed=executed, previous=previous), full_path)
-        write_notebook(make_stripped(nb), stripped_path)
+        write_notebook(make_stripped(nb, previous_stripped), stripped_path)
         log(f"wrote full/{path.name} and stripped/{path.name}")
     known = {p.name for p in chapter_notebooks(nbs)}
     for folder in ("full", "stripped"):

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .build import BuildError, build, find_chapter, find_root
+from .build import BuildError, build, dumps_notebook, find_chapter, find_root, notebook_metadata, read_notebook
 from ..config import data_dir, is_offline, workspace_dir
 from ..utils import atomic_write, text_table
 
@@ -24,7 +24,8 @@ class CourseError(Exception):
     "A problem the `course` command explains in one line, with what to do about it."
 
 # %% auto #0
-__all__ = ['DOCTOR_CHECKS', 'CourseError', 'doctor_rows', 'start_chapter', 'run_tests', 'make_parser', 'main', 'cli']
+__all__ = ['DOCTOR_CHECKS', 'CourseError', 'doctor_rows', 'doctor_table', 'start_chapter', 'run_tests', 'make_parser', 'main',
+           'cli']
 
 # %% ../../nbs/lib/09_cli.ipynb #c0005
 def _check_python():
@@ -89,14 +90,51 @@ def _check_network():
                 "datasets cannot be downloaded: check the connection, or set COURSE_OFFLINE=1 to use offline twins")
 
 
+def _kernel_python() -> str | None:
+    "The Python that runs the notebooks' `python3` kernel: the kernel spec's, or for a plain `python` there the running Jupyter server's; None if unknown."
+    from jupyter_client.kernelspec import KernelSpecManager
+    argv = KernelSpecManager().get_kernel_spec("python3").argv
+    if argv and os.path.isabs(argv[0]): return argv[0]
+    # A plain `python` in a kernel spec means the Python that runs Jupyter: ask the servers running now (Linux only).
+    from jupyter_server.serverapp import list_running_servers
+    for info in list_running_servers():
+        try: exe = Path(f"/proc/{info['pid']}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, KeyError, UnicodeDecodeError): continue
+        if os.path.isabs(exe): return exe
+    return None
+
+
+def _python_env(python: str) -> tuple[str, bool]:
+    "The environment (sys.prefix) of the Python at `python`, and whether it can import the course."
+    probe = "import sys, importlib.util as u; print(sys.prefix); print(u.find_spec('course') is not None)"
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=30).stdout.split("\n")
+    return out[0], out[1:2] == ["True"]
+
+
+def _check_kernel():
+    kernel = _kernel_python()
+    if kernel is None: return ("ok", "no Jupyter running now: notebooks will run the Python that starts it", "")
+    if not os.path.exists(kernel):
+        return ("warn", f"the python3 kernel runs {kernel}, which does not exist",
+                f"make this Python the notebooks' kernel: {sys.executable} -m ipykernel install --user --name python3")
+    prefix, has_course = _python_env(kernel)
+    if os.path.realpath(prefix) == os.path.realpath(sys.prefix): return ("ok", f"notebooks run this Python ({sys.executable})", "")
+    found = f"notebooks run {kernel}, but this command runs {sys.executable}"
+    if has_course:
+        return ("warn", found, f"activate the notebooks' environment in this terminal (JupyterLab's too): source {Path(kernel).parent / 'activate'}")
+    return ("warn", found, "the notebooks cannot import the course: stop Jupyter, then start it from this environment "
+                           f"(source {Path(sys.executable).parent / 'activate'}; jupyter lab)")
+
+
 DOCTOR_CHECKS = [("Python", _check_python), ("torch", _check_torch), ("torchvision", _check_torchvision),
                  ("GPU", _check_gpu), ("ipywidgets", _check_widgets), ("disk", _check_disk),
-                 ("data folder", _check_data_dir), ("internet", _check_network)]
+                 ("data folder", _check_data_dir), ("internet", _check_network), ("kernel", _check_kernel)]
 
 _ADVICE = {"torch": "pip install torch torchvision (from the Python package index, not a CPU-only wheel)",
            "torchvision": "pip install --force-reinstall torch torchvision so that the two builds match",
            "GPU": "reinstall torch; on a GPU server check `nvidia-smi`",
-           "ipywidgets": "pip install 'ipywidgets>=8'"}
+           "ipywidgets": "pip install 'ipywidgets>=8'",
+           "kernel": "pip install -e '.[dev]' in the course's folder installs Jupyter with the course"}
 
 
 def doctor_rows() -> list[tuple[str, str, str, str]]:
@@ -108,6 +146,16 @@ def doctor_rows() -> list[tuple[str, str, str, str]]:
             status, found, todo = "fail", f"{e.__class__.__name__}: {str(e)[:80]}", _ADVICE.get(name, "reinstall the course: pip install -e .")
         rows.append((name, status, found, todo))
     return rows
+
+
+def doctor_table(rows, width: int | None = None) -> str:
+    "`course doctor`'s rows as a table `width` characters wide (default: the terminal's, else 100), each piece of advice on its own line."
+    width = max(60, width or shutil.get_terminal_size((100, 24)).columns)
+    lines = []
+    for name, status, found, todo in rows:
+        lines.append((name, status, found))
+        if todo: lines.append(("", "", f"→ {todo}"))
+    return text_table(lines, ("check", "status", "found"), wrap_last=width)
 
 
 # %% ../../nbs/lib/09_cli.ipynb #c0008
@@ -128,14 +176,21 @@ def start_chapter(chapter: str, workspace: Path | None = None, force: bool = Fal
         raise CourseError(f"{dest} is a link or a folder, not a notebook: move it away, or pass --workspace DIR.")
     try:
         if not dest.exists():
-            _create(dest, src.read_bytes())
+            _create(dest, _learner_copy(src))
             return dest
         if not force:
             raise CourseError(f"{dest} already exists and holds your work; open it, or pass --force to start over (your copy is kept).")
         print(f"kept your previous copy as {_backup(dest)}")
-        atomic_write(dest, src.read_bytes())
+        atomic_write(dest, _learner_copy(src))
     except OSError as e: raise CourseError(f"cannot write {dest} ({e.strerror}); choose a workspace you can write to with --workspace.") from None
     return dest
+
+
+def _learner_copy(src: Path) -> bytes:
+    "The stripped notebook `src` as the learner's copy: its metadata names this Python, as JupyterLab would write it."
+    nb = read_notebook(src)
+    nb["metadata"] = {**nb.get("metadata", {}), **notebook_metadata()}
+    return dumps_notebook(nb).encode("utf-8")
 
 
 def _create(path: Path, data: bytes) -> Path:
@@ -165,6 +220,7 @@ def run_tests(root: Path | None = None, workers: int = 2, pytest_args: list[str]
     # one math thread per worker: more would make the workers fight over the cores and run slower
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, workers))))
     env.setdefault("COURSE_HOME", str(root / ".course-test"))
+    env.setdefault("COURSE_WORKSPACE", str(root / ".course-test" / "workspace"))  # never the learner's own workspace
     Path(env["COURSE_HOME"]).mkdir(parents=True, exist_ok=True)
     start = time.time()
     cmd = [sys.executable, "-m", "pytest", "tests", "-q", "-n", str(workers), "--durations=10", *(pytest_args or [])]
@@ -201,7 +257,7 @@ def make_parser() -> argparse.ArgumentParser:
                                    "print the training table, the error rate and one prediction. Offline (COURSE_OFFLINE=1) it uses the twin.")
     q.add_argument("--arch", default="resnet34", help="torchvision model name or xresnet (default resnet34)")
     q.add_argument("--epochs", type=int, default=1, help="epochs of fine-tuning (default 1)")
-    sub.add_parser("doctor", help="check this machine for the course", description="Check Python, PyTorch, the GPU, widgets, disk, the data folder and the network.")
+    sub.add_parser("doctor", help="check this machine for the course", description="Check Python, PyTorch, the GPU, widgets, disk, the data folder, the network, and that the notebooks run this Python.")
     c = sub.add_parser("check", help="grade the questionnaire of a notebook you filled in",
                        description="Grade every question in NOTEBOOK (your copy of a chapter), print a table and record your progress. The notebook is never modified.")
     c.add_argument("notebook", help="path of the notebook, or a chapter number to check your workspace copy")
@@ -227,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "doctor":
             rows = doctor_rows()
-            print(text_table(rows, ("check", "status", "found", "what to do")))
+            print(doctor_table(rows))
             return 1 if any(r[1] == "fail" for r in rows) else 0
         if args.command == "quickstart":
             from course.data.external import DownloadError
@@ -253,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_check(str(_notebook_arg(args.notebook)), as_json=args.json)
         if args.command == "progress":
             from course.tools.progress import run_progress
-            return run_progress()
+            run_progress()
+            return 0
         if args.command == "test":
             extra = [a for a in args.pytest_args if a != "--"]
             return run_tests(workers=args.workers, pytest_args=extra)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import course_home
+from ..config import course_home, workspace_dir
 from ..quiz.checker import check_notebook
 from ..quiz.display import graded_totals, results_table
 from ..quiz.keys import NotebookError, available_chapters, key_file, question_problem
@@ -102,15 +102,20 @@ def progress_chart(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def run_progress() -> int:
-    "Print every chapter's questionnaire score and completion, save a bar chart and name it (shown inline in Jupyter); the `course progress` command."
-    try: rows = progress_rows()
-    except ValueError as e:
-        print(f"course progress: {e}", file=sys.stderr)
-        return 2
+def _workspace_copy(png: Path) -> Path:
+    "Copy the chart `png` into the workspace (made if its parent folder exists) and return the copy's path."
+    import shutil
+    ws = workspace_dir()
+    if not ws.is_dir(): ws.mkdir()  # only the last folder: a mistyped COURSE_WORKSPACE does not grow a tree
+    return Path(shutil.copyfile(png, ws / png.name))
+
+
+def run_progress() -> None:
+    "Print every chapter's questionnaire score and completion, save a bar chart in the course home and the workspace (shown inline in Jupyter); the `course progress` command."
+    rows = progress_rows()  # a damaged progress file: ValueError, saying what to do
     if not rows:
         print("No questionnaires yet: no chapter ships answer keys and nothing is recorded.")
-        return 0
+        return
     table = [("chapter", "score", "answered", "open", "last checked", "title")]
     for r in rows:
         pct = f" ({100 * r['score'] / r['points']:.0f}%)" if r["points"] else ""
@@ -121,14 +126,14 @@ def run_progress() -> int:
     print("(score and answered count the graded questions; open questions are self-assessed and counted apart)")
     if not any(r["checked"] for r in rows): print("Nothing checked yet: run `course check NOTEBOOK` on a chapter you filled in.")
     try: png = progress_chart(rows, course_home() / "progress.png")
-    except ImportError: print("(no chart: matplotlib is not installed)")
-    except OSError as e: print(f"(no chart: {e})")
-    else:
-        print(f"Chart saved to {png}")
-        if in_notebook():
-            from IPython.display import Image, display
-            display(Image(filename=str(png)))
-    return 0
+    except ImportError: print("(no chart: matplotlib is not installed)"); return
+    except OSError as e: print(f"(no chart: {e})"); return
+    print(f"Chart saved to {png}")
+    try: print(f"and to {_workspace_copy(png)}, beside your notebooks")
+    except OSError as e: print(f"(not copied to your workspace: {e})")
+    if in_notebook():
+        from IPython.display import Image, display
+        display(Image(filename=str(png)))
 
 # %% ../../nbs/lib/02a_progress.ipynb #c0097
 def run_check(path: str, as_json: bool = False) -> int:

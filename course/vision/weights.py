@@ -179,8 +179,12 @@ def shapes_batch(classes: dict, bs: int, size: int, g):
                      (tu / f + 1).clamp(0, 2) / 2,
                      (torch.sin(tu + 2 * torch.sin(0.7 * tv) + phase) > 0).float()], 1)
     t = t.gather(1, classes["texture"][y][:, None, None, None].expand(bs, 1, size, size))  # (bs, 1, size, size)
+    # Half of the pictures get random colours, so that colour is a hint to the class and never the whole answer
+    own = (r(bs) >= 0.5)[:, None]
+    colour1 = torch.where(own, classes["colour1"][y], r(bs, 3))
+    colour2 = torch.where(own, classes["colour2"][y], r(bs, 3))
     jitter = lambda colour: (colour + 0.12 * (r(bs, 3) - 0.5)).clamp(0, 1)[:, :, None, None]
-    fg = (jitter(classes["colour1"][y]) * (1 - t) + jitter(classes["colour2"][y]) * t) * (0.8 + 0.4 * _smooth(bs, size, 4, g))
+    fg = (jitter(colour1) * (1 - t) + jitter(colour2) * t) * (0.8 + 0.4 * _smooth(bs, size, 4, g))
     # The background: two random colours either side of a tilted, blurred horizon, shaded by smooth noise
     horizon = torch.sigmoid((yy - per(r(bs) - 0.5) - per(r(bs) - 0.5) * xx) / 0.05)[:, None]
     bg = (r(bs, 3, 1, 1) * (1 - horizon) + r(bs, 3, 1, 1) * horizon) * (0.75 + 0.5 * _smooth(bs, size, 5, g))
@@ -188,7 +192,7 @@ def shapes_batch(classes: dict, bs: int, size: int, g):
     return img.clamp(0, 1), y
 
 # %% ../../nbs/lib/05_weights.ipynb #c0017
-STANDIN_VERSION = 1  # bump when the recipe below changes, so cached stand-ins are made afresh
+STANDIN_VERSION = 2  # bump when the recipe below changes, so cached stand-ins are made afresh
 STANDIN_STEPS = {"resnet18": 500, "resnet34": 400}  # about 1.5 and 2.5 minutes on 2 CPU cores; other archs: 400
 
 

@@ -89,7 +89,7 @@ def bulldozers_effects() -> dict:
     }
 
 
-def make_bulldozers(dest: Path, seed: int = 42, n: int = 4000, n_test: int = 400) -> Path:
+def make_bulldozers(dest: Path, seed: int = 42, n: int = 8000, n_test: int = 400) -> Path:
     "Twin of the Bulldozers data: `bluebook/TrainAndValid.csv`, `Valid.csv`, `ValidSolution.csv`, `Test.csv` (used in chapter 9)."
     import pandas as pd
     rng = _rng(seed, "bluebook")
@@ -104,8 +104,15 @@ def make_bulldozers(dest: Path, seed: int = 42, n: int = 4000, n_test: int = 400
     total = n + n_test
     m = [models[i] for i in rng.integers(0, len(models), total)]
     secs = lambda day: pd.Timestamp(day).value // 10**9
-    # TrainAndValid runs from January 1989 to April 2012; the test sales are May to November 2012, as in the real data
-    sale = pd.to_datetime(np.concatenate([np.sort(rng.integers(secs("1989-01-17"), secs("2012-04-28"), n)),
+    # TrainAndValid runs from January 1989 to April 2012; the test sales are May to November 2012, as in the real data.
+    # Sales per year grow as in the real data (thousands a year: about 5 around 1990, 40 around 2008), so the recent
+    # months that make a validation set hold a few percent of the rows.
+    years = np.arange(1989, 2013)
+    lo = np.maximum([secs(f"{y}-01-01") for y in years], secs("1989-01-17"))
+    hi = np.minimum([secs(f"{y + 1}-01-01") for y in years], secs("2012-04-28"))
+    per_year = np.interp(years, [1989, 1998, 2004, 2008, 2012], [5, 12, 20, 40, 36])
+    year = rng.choice(len(years), n, p=per_year * (hi - lo) / (per_year * (hi - lo)).sum())
+    sale = pd.to_datetime(np.concatenate([np.sort(rng.integers(lo[year], hi[year])),
                                           np.sort(rng.integers(secs("2012-05-01"), secs("2012-11-30"), n_test))]), unit="s").normalize()
     year_made = np.clip(sale.year - np.clip(rng.gamma(2.5, 3.5, total), 0, 40).astype(int), 1950, 2012)
     hours = np.where(rng.random(total) < 0.6, np.nan, np.round(rng.gamma(2, 2500, total)))
@@ -135,6 +142,24 @@ def make_bulldozers(dest: Path, seed: int = 42, n: int = 4000, n_test: int = 400
                         ("Tire_Size", ['None or Unspecified', '20.5', '23.5']), ("Drive_System", ["Two Wheel Drive", "Four Wheel Drive"]),
                         ("Transmission", ["Standard", "Powershift", "Hydrostatic"]), ("Track_Type", ["Steel", "Rubber"])):
         df[col] = np.where(rng.random(total) < 0.5, None, rng.choice(values, total))
+    # The other machine details are filled in for a minority of sales, as in the real data; none of them moves the price
+    sparse = {"fiSecondaryDesc": ["A", "B", "C", "D", "E"], "fiModelSeries": ["II", "III", "LC", "-6"],
+              "fiModelDescriptor": ["L", "LC", "XL", "ZTS"], "Forks": ["None or Unspecified", "Yes"],
+              "Pad_Type": ["None or Unspecified", "Reversible", "Street", "Grouser"], "Ride_Control": ["None or Unspecified", "No", "Yes"],
+              "Stick": ["Standard", "Extended"], "Turbocharged": ["None or Unspecified", "Yes"],
+              "Blade_Extension": ["None or Unspecified", "Yes"], "Blade_Width": ["14'", "12'", "13'", "16'"],
+              "Enclosure_Type": ["None or Unspecified", "Low Profile", "High Profile"], "Engine_Horsepower": ["No", "Variable"],
+              "Pushblock": ["None or Unspecified", "Yes"], "Ripper": ["None or Unspecified", "Multi Shank", "Single Shank"],
+              "Scarifier": ["None or Unspecified", "Yes"], "Tip_Control": ["None or Unspecified", "Sideshift & Tip", "Tip"],
+              "Coupler_System": ["None or Unspecified", "Yes"], "Grouser_Tracks": ["None or Unspecified", "Yes"],
+              "Hydraulics_Flow": ["Standard", "High Flow"], "Undercarriage_Pad_Width": ["None or Unspecified", "24 inch", "28 inch"],
+              "Stick_Length": ["None or Unspecified", "10' 6\"", "9' 10\""], "Thumb": ["None or Unspecified", "Manual", "Hydraulic"],
+              "Pattern_Changer": ["None or Unspecified", "Yes", "No"], "Grouser_Type": ["Double", "Triple"],
+              "Backhoe_Mounting": ["None or Unspecified", "Yes"], "Blade_Type": ["PAT", "Straight", "Semi U", "VPAT"],
+              "Travel_Controls": ["None or Unspecified", "Differential Steer", "Finger Tip"], "Differential_Type": ["Standard", "Limited Slip"],
+              "Steering_Controls": ["Conventional", "Command Control"]}
+    for col, values in sparse.items():
+        df[col] = np.where(rng.random(total) < rng.uniform(0.05, 0.35), rng.choice(values, total), None)
     root = Path(dest) / "bluebook"
     root.mkdir(parents=True, exist_ok=True)
     train = df.iloc[:n]
