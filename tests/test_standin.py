@@ -132,7 +132,7 @@ def test_standin_body_transfers_to_pets(data):
     valid = torch.arange(len(files)) % 4 == 0
     torch.manual_seed(0)
     random_body = torch.nn.Sequential(*list(resnet18().children())[:-2])
-    standin = weights._load_body(resnet18(), weights.pretrain_standin("resnet18", steps=120, verbose=False))
+    standin = weights._load_body(resnet18(), weights.pretrain_standin("resnet18", steps=250, verbose=False))
     errors = {}
     for name, net in [("random", random_body), ("stand-in", torch.nn.Sequential(*list(standin.children())[:-2]))]:
         f = _features(net, x)
