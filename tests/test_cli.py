@@ -236,9 +236,12 @@ def test_check_and_progress_from_the_shell(mini_repo, tmp_path):
 
 def test_quickstart_trains_the_first_model_offline(tmp_path):
     import re
-    env = dict(os.environ, COURSE_HOME=str(tmp_path / "home"), COURSE_OFFLINE="1")
+    from course.config import data_dir
+    # A home of its own, but the run's data folder: the twin and the resnet34 stand-in are made once for every test
+    # and notebook that needs them (the file lock makes the others wait), and pretraining on a loaded machine takes long.
+    env = dict(os.environ, COURSE_HOME=str(tmp_path / "home"), COURSE_DATA=str(data_dir()), COURSE_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-c", "from course.tools.cli import cli; cli()", "quickstart"],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r"^error_rate: (\d\.\d{4})$", proc.stdout, re.M)
     assert m and float(m.group(1)) < 0.25, proc.stdout  # a coin flip is 0.5; the stand-in body is no ImageNet
