@@ -108,7 +108,11 @@ def test_outputs_survive_rebuild_and_note_marks_offline_runs(mini_repo):
         if c["cell_type"] == "code" and c["source"] == "add(2, 3)":
             c["outputs"] = [{"output_type": "execute_result", "data": {"text/plain": "5"}, "metadata": {}, "execution_count": 3}]
     full = make_full(nb, executed=executed)
-    assert full["cells"][0]["id"] == NOTE_ID and "offline twins" in full["cells"][0]["source"]
+    assert full["cells"][0]["id"] == NOTE_ID and "generates" in full["cells"][0]["source"]  # the demo downloads nothing
+    fetch = {"cell_type": "code", "id": "zz", "metadata": {}, "source": "path = untar_data(URLs.PETS)", "outputs": [], "execution_count": None}
+    uses, ran = json.loads(json.dumps(nb)), json.loads(json.dumps(executed))
+    uses["cells"].append(fetch); ran["cells"].append(fetch)
+    assert "offline twins" in make_full(uses, executed=ran)["cells"][0]["source"]
     rebuilt = make_full(nb, previous=json.loads(json.dumps(full)))
     assert rebuilt == full
 

@@ -24,7 +24,7 @@ XFAIL: dict[tuple[str, str], str] = {}
 
 def _params():
     for nb in CHAPTERS:
-        ch = nb.name[:2]
+        ch = nb.name[:5].upper() if nb.name.startswith("app_") else nb.name[:2]  # "APP_A", "APP_B" for the appendices
         for case in CASES:
             why = XFAIL.get((ch, case))
             yield pytest.param(nb, case, id=f"{ch}-{case}", marks=[pytest.mark.xfail(strict=True, reason=why)] if why else [])

@@ -81,7 +81,8 @@ class EarlyStopping(Callback):
         self.count += n
     def after_epoch(self):
         if not getattr(self, 'count', 0): return                    # no validation ran this epoch
-        loss = float(self.total) / self.count
+        rec = getattr(self.learn, 'recorder', None)                  # on several GPUs its figure is every process's (chapter 19)
+        loss = rec.valid_values[0] if rec is not None and rec.valid_values else float(self.total) / self.count
         if loss < self.best - self.min_delta: self.best, self.wait = loss, 0
         else:
             self.wait += 1

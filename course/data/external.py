@@ -44,6 +44,7 @@ class URLs:
     S3_IMAGE = f"{S3}imageclas/"
     S3_IMAGELOC = f"{S3}imagelocal/"
     S3_NLP = f"{S3}nlp/"
+    S3_MODEL = f"{S3}modelzoo/"
 
     ADULT_SAMPLE = f"{S3_SAMPLE}adult_sample.tgz"
     BIWI_HEAD_POSE = f"{S3_IMAGELOC}biwi_head_pose.tgz"
@@ -62,6 +63,9 @@ class URLs:
     MNIST_SAMPLE = f"{S3_SAMPLE}mnist_sample.tgz"
     PASCAL_2007 = f"{S3_IMAGELOC}pascal_2007.tgz"
     PETS = f"{S3_IMAGE}oxford-iiit-pet.tgz"
+    WIKITEXT = f"{S3_NLP}wikitext-103.tgz"
+    # The AWD-LSTM language model pretrained on WikiText-103 (its weights and vocabulary), used by chapter 10
+    WT103_FWD = f"{S3_MODEL}wt103-fwd.tgz"
     # Kaggle's API address for the whole competition download; it needs your Kaggle credentials
     BULLDOZERS = "https://www.kaggle.com/api/v1/competitions/data/download-all/bluebook-for-bulldozers"
 
@@ -76,6 +80,7 @@ class Dataset:
     chapters: str = ""        # where the course uses it
     archive: str | None = None   # file name of the archive, when the URL does not end with it
     kaggle: str | None = None    # Kaggle competition slug, when the data comes from Kaggle
+    kind: str = "data"           # "data", or "model" for pretrained weights (offline, a stand-in replaces those)
 
 
 DATASETS = {
@@ -96,6 +101,8 @@ DATASETS = {
     URLs.MNIST_SAMPLE: Dataset("MNIST_SAMPLE", "mnist_sample", 3214948, "2dbc7ec6f9259b583af0072c55816a88", "4"),
     URLs.PASCAL_2007: Dataset("PASCAL_2007", "pascal_2007", 1637796771, "433b4706eb7c42bd74e7f784e3fdf244", "6"),
     URLs.PETS: Dataset("PETS", "oxford-iiit-pet", 811706944, "e4db5c768afd933bb91f5f594d7417a4", "1, 5, 11, 15, 18"),
+    URLs.WIKITEXT: Dataset("WIKITEXT", "wikitext-103", 190200704, "2dd8cf8693b3d27e9c8f0a7df054b2c7", "10"),
+    URLs.WT103_FWD: Dataset("WT103_FWD", "wt103-fwd", None, None, "10", kind="model"),
     URLs.BULLDOZERS: Dataset("BULLDOZERS", "bluebook", None, None, "9", archive="bluebook-for-bulldozers.zip",
                              kaggle="bluebook-for-bulldozers"),
 }
@@ -685,6 +692,10 @@ def _offline_twin(info: Dataset | None, url: str, seed: int = 42) -> Path:
     if info is None:
         raise DownloadError(f"COURSE_OFFLINE=1 is set, and {url} is not one of the course's datasets, so it has no offline twin.\n"
                             "Unset COURSE_OFFLINE on a machine with internet to download it, or use one of the datasets in URLs.")
+    if info.kind == "model":
+        raise DownloadError(f"COURSE_OFFLINE=1 is set, and {info.name} holds pretrained weights, which have no twin: the learners "
+                            "that use them (e.g. language_model_learner) load an offline stand-in instead. Unset COURSE_OFFLINE "
+                            "on a machine with internet to download the real file.")
     from course.data import twins
     parent = data_dir() / "twins"
     with file_lock(parent / ".locks" / f"{info.folder}.lock"):

@@ -23,7 +23,8 @@ from ..utils import atomic_write
 __all__ = ['KERNELSPEC', 'LANGUAGE_INFO', 'NOTE_ID', 'BuildError', 'find_root', 'chapter_key', 'chapter_notebooks',
            'find_chapter', 'read_notebook', 'write_notebook', 'dumps_notebook', 'directives', 'strip_directives',
            'is_plumbing', 'is_dropped', 'heading_lines', 'questionnaire_flags', 'notebook_metadata', 'python_version',
-           'run_note', 'make_full', 'make_stripped', 'execute_notebook', 'stale_package', 'layout_problems', 'build']
+           'uses_data', 'run_note', 'make_full', 'make_stripped', 'execute_notebook', 'stale_package',
+           'layout_problems', 'build']
 
 # %% ../../nbs/lib/01_build.ipynb #c0005
 class BuildError(Exception):
@@ -184,9 +185,18 @@ def python_version(nb: dict | None) -> str | None:
     return version if isinstance(version, str) and version else None
 
 
-def run_note(offline: bool) -> dict:
-    "The markdown cell at the top of an executed full notebook that says on what data it ran."
-    if offline:
+def uses_data(nb: dict) -> bool:
+    "Whether notebook `nb`'s code fetches a dataset or pretrained weights (and so shows the offline twins' results when run offline)."
+    return any(re.search(r"untar_data\(|_learner\(|pretrained", "".join(c.get("source", ""))) for c in nb.get("cells", [])
+               if c.get("cell_type") == "code")
+
+
+def run_note(offline: bool, data: bool = True) -> dict:
+    "The markdown cell at the top of an executed full notebook that says on what data it ran (`data`: whether it uses any)."
+    if not data:
+        text = ("> **Note:** this notebook uses no dataset and no pretrained weights: its outputs come from data it generates "
+                "itself, so your own run shows the same results (timings depend on the machine).")
+    elif offline:
         text = ("> **Note: these outputs come from the offline twins, not the real data.** This notebook was executed "
                 "with `COURSE_OFFLINE=1`. " + quick_mode_note() + " Numbers and pictures below show what the twins "
                 "give; the text says what to expect on the real data. Run it yourself on a GPU server to see real results.")
@@ -216,7 +226,7 @@ def make_full(nb: dict, executed: dict | None = None, previous: dict | None = No
     if previous is not None:
         old = {c.get("id"): c for c in previous.get("cells", []) if c.get("cell_type") == "code"}
     note = None
-    if executed is not None: note = run_note(executed.get("metadata", {}).get("course", {}).get("offline", is_offline()))
+    if executed is not None: note = run_note(executed.get("metadata", {}).get("course", {}).get("offline", is_offline()), uses_data(nb))
     elif previous is not None:
         first = (previous.get("cells") or [{}])[0]
         if first.get("id") == NOTE_ID: note = dict(first, source="".join(first.get("source", "")))

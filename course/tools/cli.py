@@ -263,6 +263,12 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("notebook", help="path of the notebook, or a chapter number to check your workspace copy")
     c.add_argument("--json", action="store_true", help="print the results as JSON")
     sub.add_parser("progress", help="show your score in every chapter", description="Show every chapter's questionnaire score and save a bar chart.")
+    a = sub.add_parser("app", help="serve an exported image classifier as a web app (chapter 2)",
+                       description="Start the Gradio web app of an image classifier exported with export_classifier (chapter 2): "
+                                   "open the address it prints, drop a photo, see the prediction.")
+    a.add_argument("path", type=Path, help="the folder export_classifier wrote (or its model.pth)")
+    a.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     t = sub.add_parser("test", help="run the test suite and every notebook offline", description="Run tests/ with pytest and every notebook in nbs/ with nbdev's test runner, offline, with two workers.")
     t.add_argument("--workers", type=int, default=2, help="parallel workers (default 2)")
     t.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
@@ -310,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "progress":
             from course.tools.progress import run_progress
             run_progress()
+            return 0
+        if args.command == "app":
+            from course.vision.deploy import gradio_app
+            gradio_app(args.path, title=args.path.resolve().name).launch(server_name=args.host, server_port=args.port)
             return 0
         if args.command == "test":
             extra = [a for a in args.pytest_args if a != "--"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from .core import TWIN_VERSION
 from .collab import make_ml_100k, make_ml_sample
 from .tabular import make_adult_sample, make_bulldozers
-from .text import make_human_numbers, make_imdb, make_imdb_sample
+from .text import make_human_numbers, make_imdb, make_imdb_sample, make_wikitext
 from .vision import (
     make_bears, make_biwi_head_pose, make_biwi_sample, make_camvid, make_camvid_tiny, make_imagenette, make_imagenette_160, make_imagenette_320, make_mnist, make_mnist_sample, make_pascal_2007, make_pets)
 
@@ -36,6 +36,7 @@ TWINS = {
     "CAMVID": ("camvid", make_camvid),
     "IMDB": ("imdb", make_imdb),
     "IMDB_SAMPLE": ("imdb_sample", make_imdb_sample),
+    "WIKITEXT": ("wikitext-103", make_wikitext),
     "ML_100k": ("ml-100k", make_ml_100k),
     "ML_SAMPLE": ("movie_lens_sample", make_ml_sample),
     "ADULT_SAMPLE": ("adult_sample", make_adult_sample),

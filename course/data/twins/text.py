@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import _rng, _write_csv
 
 # %% auto #0
-__all__ = ['number_words', 'make_human_numbers', 'make_imdb', 'make_imdb_sample']
+__all__ = ['number_words', 'make_human_numbers', 'make_imdb', 'make_imdb_sample', 'make_wikitext']
 
 # %% ../../../nbs/lib/04_twins.ipynb #c0009
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -101,4 +101,59 @@ def make_imdb_sample(dest: Path, seed: int = 42, n: int = 500) -> Path:
         rows.append(["positive" if rating >= 7 else "negative", _review(rng, rating), i >= int(n * 0.8)])
     root = Path(dest) / "imdb_sample"
     _write_csv(root / "texts.csv", ["label", "text", "is_valid"], rows)
+    return root
+
+# %% ../../../nbs/lib/04_twins.ipynb #c0023x
+_PLACES = "Harrow Linden Marsh Oakridge Pellston Quarry Redfield Stonebury Thornby Westmoor".split()
+_JOBS = "director actor writer composer painter architect historian singer engineer novelist".split()
+_THINGS = ["bridge", "library", "theatre", "railway station", "museum", "market", "harbour", "observatory"]
+_MONTHS = "January February March April May June July August September October November December".split()
+_GENRES = "drama comedy thriller documentary western musical".split()
+_WIKI = {
+    "film": ["{title} is a {year} {genre} film directed by {name} .", "The film stars {name} and {name2} .",
+             "It was shot in {place} over {n} weeks .", "The {part} was written by {name} .",
+             "Critics described the {part} as {pos} , though some found the {part2} {neg} .",
+             "The film was released in {month} {year} and earned {n} million dollars .",
+             "A sequel was announced in {year2} but was never made .", "Reviewers called the ending {pos} ."],
+    "person": ["{name} ( born {day} {month} {year} ) is a {job} from {place} .", "{name} studied in {place} before moving abroad .",
+               "In {year2} , {name} won an award for a {pos} {genre} .", "Some critics found the later work {neg} .",
+               "{name} has written {n} books about the {thing} of {place} .", "The {job} lives in {place} ."],
+    "place": ["{place} is a town with a population of {big} .", "The {thing} of {place} was built in {year} .",
+              "The town is known for its {thing} and its {thing2} .", "In {year2} the {thing} was closed for {n} years .",
+              "Visitors describe the {thing} as {pos} .", "The old {thing2} was {neg} and was rebuilt in {year2} ."],
+}
+
+
+def _wiki_article(rng) -> list[str]:
+    "One article of the WikiText twin: a title line and a few paragraphs, tokens separated by spaces as WikiText writes them."
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]
+    kind = pick(sorted(_WIKI))
+    year = int(rng.integers(1900, 2020))
+    slots = lambda: dict(name=pick(_NAMES), name2=pick(_NAMES), place=pick(_PLACES), job=pick(_JOBS), genre=pick(_GENRES),
+                         part=pick(_PARTS), part2=pick(_PARTS), thing=pick(_THINGS), thing2=pick(_THINGS), pos=pick(_POS),
+                         neg=pick(_NEG), month=pick(_MONTHS), day=int(rng.integers(1, 29)), year=year,
+                         year2=year + int(rng.integers(1, 30)), n=int(rng.integers(2, 40)),
+                         big=f"{int(rng.integers(1, 90))} @,@ {int(rng.integers(100, 999))}", title=pick(_PLACES) + " " + pick(_NOUNS).title(),
+                         noun=pick(_NOUNS), pos2=pick(_POS), neg2=pick(_NEG), score=0)
+    title = {"film": slots()["title"], "person": pick(_NAMES) + " " + pick(_PLACES), "place": pick(_PLACES)}[kind]
+    lines = [f" = {title} = ", ""]
+    for _ in range(int(rng.integers(1, 4))):
+        sentences = [pick(_WIKI[kind]).format(**slots()) for _ in range(int(rng.integers(3, 7)))]
+        lines += [" " + " ".join(sentences) + " ", ""]
+    if kind == "film":  # a reception section: what critics wrote, in the sentences reviewers use, mostly of one tone
+        positive = rng.random() < 0.5
+        said = [pick(_GOOD if (rng.random() < 0.8) == positive else _BAD).format(**slots()) for _ in range(int(rng.integers(3, 7)))]
+        lines += [" = = Reception = = ", "", " " + " ".join(s.replace(".", " .").replace("!", " !") for s in said) + " ", ""]
+    return lines
+
+
+def make_wikitext(dest: Path, seed: int = 42, n_articles: tuple = (1800, 150, 150)) -> Path:
+    "Twin of WikiText-103: `wiki.{train,valid,test}.tokens`, articles of space-separated tokens under ` = Title = ` lines (used in chapter 10)."
+    rng = _rng(seed, "wikitext")
+    root = Path(dest) / "wikitext-103"
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "valid", "test"), n_articles):
+        lines = [""]
+        for _ in range(n): lines += _wiki_article(rng)
+        (root / f"wiki.{split}.tokens").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
