@@ -59,6 +59,6 @@ def quickstart(arch="resnet34", epochs=1, size=None, bs=None, seed=42):
     f = dls.valid.dataset.items[0]
     label, idx, probs = learn.predict(f)
     print(f"prediction for {f.name}: {label}, probability {probs[idx].item():.4f} (true label: {cat_or_dog(f)})")
-    print(f"done in {time.perf_counter() - start:.0f} s. Next step: `course start 4` opens chapter 4, "
-          "which builds a classifier like this one from scratch.")
+    print(f"done in {time.perf_counter() - start:.0f} s. Next step: chapter 1, full/01_intro.ipynb, runs this model "
+          "cell by cell and explains it; `course start 1` copies it into your workspace to redo.")
     return learn

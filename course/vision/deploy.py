@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.core import ToTensor
+from ..data.core import TensorImage, ToTensor
 from ..export import load_learner
 from ..utils import atomic_write
 from .augment import Normalize
@@ -49,7 +49,7 @@ class ImageClassifier:
         "The model's input (3, size, size) for one photo."
         if isinstance(photo, (bytes, bytearray, memoryview)): photo = io.BytesIO(bytes(photo))
         img = photo.convert("RGB") if isinstance(photo, Image.Image) else load_image(photo)
-        x = self.resize.resize(ToTensor()(img)).float() / 255
+        x = TensorImage(self.resize.resize(ToTensor()(img)).float() / 255)  # a TensorImage, so that Normalize acts on it
         return self.normalize(x) if self.normalize is not None else x
 
     def predict(self, photo):
