@@ -135,13 +135,13 @@ def load_answers(path) -> dict:
 def save_answers(answers: dict, path, replace_damaged: bool = False) -> Path:
     "Write `answers` to `path` atomically; refuse to replace a damaged file unless `replace_damaged`, which keeps it as `.damaged-<time>` (appendix B)."
     path = Path(path)
+    _check_shape(answers, "the answers to save")  # before anything on disk is touched
     if path.exists():
         try: load_answers(path)
         except ChecklistError:
             if not replace_damaged: raise
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             path.replace(path.with_name(f"{path.name}.damaged-{stamp}"))
-    _check_shape(answers, "the answers to save")
     data = {**answers, "updated": dt.datetime.now().isoformat(timespec="seconds")}
     atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     answers["updated"] = data["updated"]

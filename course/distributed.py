@@ -80,9 +80,9 @@ def distributed(backend=None, timeout_s=600, quiet=True):
 def rank0_first(func, *args, **kwargs):
     "Call `func` on rank 0, then on the other ranks: rank 0 downloads or builds what they then find ready (chapter 19)."
     if not is_main(): dist.barrier()  # wait until rank 0 has finished
-    result = func(*args, **kwargs)
-    if is_main() and world_size() > 1: dist.barrier()  # release the others
-    return result
+    try: return func(*args, **kwargs)
+    finally:
+        if is_main() and world_size() > 1: dist.barrier()  # release the others, even when rank 0's call failed
 
 # %% ../nbs/19_learner.ipynb #cd07
 def _with_sampler(loader, sampler):

@@ -79,6 +79,12 @@ def test_answers_of_the_wrong_shape_are_not_saved(workspace):
     with pytest.raises(ChecklistError):
         save_answers(a, checklist_path("wrong"))
     assert not checklist_path("wrong").exists()
+    damaged = checklist_path("wrong")
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_text("{not json")
+    with pytest.raises(ChecklistError):  # bad answers: the damaged file is not even moved aside
+        save_answers(a, damaged, replace_damaged=True)
+    assert damaged.read_text() == "{not json" and not list(damaged.parent.glob("wrong.json.damaged-*"))
 
 
 def test_markdown_export():

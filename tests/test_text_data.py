@@ -155,3 +155,11 @@ def test_text_dataloaders_from_folder(tmp_path):
     assert sum(len(xb) for xb, _ in clas.valid) == 12
     (t,) = clas.test_dl(["The film was superb.", "Awful!"]).one_batch()
     assert t.shape == (2, 7) and t[1, 4:].tolist() == [1, 1, 1]
+
+
+def test_rules_id_is_the_same_in_every_process():
+    "The tokens cache and the language-model stand-in are named by it: a new Python process must find them again."
+    import subprocess, sys
+    code = "from course.text.core import WordTokenizer; print(WordTokenizer().rules_id())"
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    assert len(ids) == 1 and ids == {WordTokenizer().rules_id() + "\n"}

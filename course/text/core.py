@@ -82,8 +82,11 @@ TOKEN_RULES = [replace_wrep, replace_case]
 
 def _code_id(f) -> str:
     "A rule's name and a hash of its compiled code: editing the rule changes it, so a cache keyed by it goes stale."
+    def digest(code) -> bytes:  # the bytecode and constants, nested functions' included; never an address in memory
+        consts = [digest(c) if hasattr(c, "co_code") else repr(c).encode() for c in code.co_consts]
+        return code.co_code + b"|".join(consts)
     code = getattr(f, "__code__", None)
-    body = code.co_code + repr(code.co_consts).encode() if code is not None else repr(f).encode()
+    body = digest(code) if code is not None else repr(f).encode()
     return f"{getattr(f, '__qualname__', type(f).__name__)}:{hashlib.sha256(body).hexdigest()[:12]}"
 
 
@@ -102,7 +105,7 @@ class WordTokenizer:
 
     def rules_id(self) -> str:
         "What this tokenizer's output depends on (its rules' names and code, the splitter), as a short hash for cache names."
-        parts = [_code_id(f) for f in self.text_rules + self.token_rules] + [_WORDS.pattern, str(self.add_bos)]
+        parts = [_code_id(f) for f in self.text_rules + self.token_rules] + [_WORDS.pattern, _CHAR_RUN.pattern, str(self.add_bos)]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def decode(self, toks) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import is_offline
 from ..data.external import URLs, untar_data
 from ..utils import atomic_write
-from ..vision.weights import WeightsError, cached_state
+from ..vision.weights import WeightsError, cached_state, standin_file
 
 # %% auto #0
 __all__ = ['WT103_FILES', 'WT103_SIZES', 'STANDIN_LM_VERSION', 'STANDIN_LM_SIZES', 'STANDIN_LM_EPOCHS', 'read_vocab',
@@ -209,7 +209,6 @@ def pretrain_lm_standin(epochs: int = STANDIN_LM_EPOCHS, sizes: dict | None = No
 def _standin_files() -> tuple[Path, Path]:
     "Where the stand-in's weights and vocabulary are cached; the name carries the tokenizer's rules, so new rules make a new stand-in."
     from course.text.core import WordTokenizer
-    from course.vision.weights import standin_file
     path = standin_file(f"awd_lstm_wt103-{WordTokenizer().rules_id()[:12]}", STANDIN_LM_VERSION)
     return path, path.with_name(path.name[:-len(".pth")] + ".vocab.json")
 
