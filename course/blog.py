@@ -60,6 +60,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "post"
 
 
+_WRITTEN = ".post-images.json"  # in a post's folder: the images its last conversion wrote
+
+
+def _drop_old_images(folder: Path, keep) -> None:
+    "Delete the images the last conversion wrote into post `folder` (its `_WRITTEN` list) that are not in `keep`; only files in `folder/images`."
+    try: names = json.loads((folder / _WRITTEN).read_text(encoding="utf-8"))
+    except (OSError, ValueError): return  # no record (a post written by hand, or before records): delete nothing
+    images = (folder / "images").resolve()
+    for name in names if isinstance(names, list) else []:
+        if not isinstance(name, str) or name in keep: continue
+        path = folder / name
+        if path.resolve().parent == images and path.is_file() and not path.is_symlink(): path.unlink()
+
+
 def notebook_to_post(nb_path, posts_dir, title: str | None = None, date=None, description: str | None = None,
                      tags=(), overwrite: bool = False) -> Path:
     "Write notebook `nb_path` as `posts_dir/<slug>/index.md` with front matter and its images in `images/`; return the post's path (appendix A)."
@@ -76,7 +90,10 @@ def notebook_to_post(nb_path, posts_dir, title: str | None = None, date=None, de
     if post.exists() and not overwrite:
         raise FileExistsError(f"{post} already exists: pass overwrite=True to replace it, or give the post another title")
     body, resources = MarkdownExporter().from_notebook_node(nb, resources={"output_files_dir": "images"})
-    for name, data in resources.get("outputs", {}).items(): atomic_write(folder / name, data)
+    images = resources.get("outputs", {})
+    for name, data in images.items(): atomic_write(folder / name, data)
+    _drop_old_images(folder, images)  # a figure gone from the notebook leaves the post too
+    atomic_write(folder / _WRITTEN, json.dumps(sorted(images)) + "\n")
     head = front_matter(title, date or dt.date.today(), description if description is not None else nb_description, tags)
     atomic_write(post, head + "\n" + body.strip() + "\n")
     return post

@@ -78,6 +78,36 @@ def test_never_overwrites_silently(notebook, tmp_path):
     assert read_post(post)[0]["date"] == dt.date(2024, 2, 2)
 
 
+def test_overwrite_removes_only_the_images_the_last_conversion_wrote(notebook, tmp_path):
+    post = notebook_to_post(notebook, tmp_path, date="2024-01-01")
+    images = post.parent / "images"
+    (old,) = images.iterdir()
+    mine = images / "photo.png"                    # files the converter did not write stay
+    mine.write_bytes(b"mine")
+    (post.parent / "notes.txt").write_text("mine")
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.insert(2, nbformat.v4.new_code_cell("plt.plot([0, 1])", outputs=list(nb.cells[2].outputs)))  # two figures now
+    nbformat.write(nb, notebook)
+    notebook_to_post(notebook, tmp_path, date="2024-01-02", overwrite=True)
+    body = read_post(post)[1]
+    written = sorted(p.name for p in images.iterdir() if p != mine)
+    assert len(written) == 2 and all(f"](images/{n})" in body for n in written) and mine.read_bytes() == b"mine"
+    nb.cells = [c for c in nb.cells if not c.get("outputs")]  # the figures taken out of the notebook
+    nbformat.write(nb, notebook)
+    notebook_to_post(notebook, tmp_path, date="2024-01-03", overwrite=True)
+    assert sorted(images.iterdir()) == [mine] and (post.parent / "notes.txt").read_text() == "mine"
+    assert "](images/" not in read_post(post)[1] and not old.exists()
+
+
+def test_a_tampered_record_deletes_nothing_outside_images(notebook, tmp_path):
+    post = notebook_to_post(notebook, tmp_path / "posts", date="2024-01-01")
+    outside = tmp_path / "keep.png"
+    outside.write_bytes(b"keep")
+    (post.parent / ".post-images.json").write_text('["../../keep.png", "index.md", "images/../index.md", 3]')
+    notebook_to_post(notebook, tmp_path / "posts", date="2024-01-02", overwrite=True)
+    assert outside.read_bytes() == b"keep" and post.is_file()
+
+
 def test_bad_input_gets_a_clear_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="no notebook"):
         notebook_to_post(tmp_path / "missing.ipynb", tmp_path)

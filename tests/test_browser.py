@@ -84,7 +84,7 @@ def small_export(folder: Path) -> Path:
     dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
                     splitter=RandomSplitter(0.25, seed=0), item_tfms=ResizeTo(32), batch_tfms=[Normalize()]).dataloaders(data, bs=4, device="cpu")
     learn = vision_learner(dls, "resnet18", pretrained=False)
-    export_classifier(learn, folder, size=32)
+    export_classifier(learn, folder)   # size and resize method read from the validation pipeline: 32 px, crop
     return data / "teddy" / "0.jpg"
 
 

@@ -548,6 +548,7 @@ BEHAVIOURS = {
     "500": lambda h, d: send(h, b"oops", status=500),
     "403": lambda h, d: send(h, b"no", status=403),
     "503-then-ok": lambda h, d: send(h, b"busy", status=503) if first(h) else serve(h, d),
+    "429-then-ok": lambda h, d: send(h, b"slow down", status=429, Retry_After="0") if first(h) else serve(h, d),
     "stall-headers": lambda h, d: h.srv.stop.wait(30),
     "stall-body": lambda h, d: (send(h, d[: len(d) // 2], length=len(d)), h.srv.stop.wait(30)),
     "drip-body": lambda h, d: (send(h, b"", length=len(d)), drip(h, d)),
@@ -595,6 +596,7 @@ DOWNLOAD_FAULTS = [
     ("500", True, "500", None, {}, DownloadError, "HTTP 500", False),
     ("403", False, "403", None, {}, DownloadError, "403", False),
     ("503-then-ok", True, "503-then-ok", None, {}, OK, "", False),
+    ("429-then-ok", False, "429-then-ok", None, {}, OK, "", False),
     ("stall-before-headers", True, "stall-headers", None, {"timeout": 1, "retries": 0}, DownloadError, "timed out", False),
     ("stall-mid-body", True, "stall-body", None, {"timeout": 1, "retries": 0}, DownloadError, "timed out", True),
     ("drip-body", True, "drip-body", "slow-rule", {}, DownloadError, "too slowly", True),
@@ -693,6 +695,38 @@ def test_fault_drip_is_stopped_and_resumed(env, server, monkeypatch, guard):
     assert (untar_data(URLs.MNIST_SAMPLE, progress=False) / "part0" / "data.txt").is_file()
     assert server.ranges == [f"bytes={have}-"]  # it asked for the rest only
     assert_nothing_escaped(env, guard)
+
+
+def test_one_retry_policy():
+    "retry_wait and with_retries (the policy of downloads and of chapter 2's image search): 408, 429, 5xx and broken connections are retried with a doubling wait or the server's Retry-After (at most a minute); other answers are final."
+    import urllib.error
+    def answer(code, **headers): return urllib.error.HTTPError("http://x.test/a", code, "", headers, None)
+    assert [datasets.retry_wait(answer(503), n, backoff=0.5) for n in range(4)] == [0.5, 1, 2, 4]
+    assert datasets.retry_wait(answer(429, **{"Retry-After": "7"}), 2) == 7
+    assert datasets.retry_wait(answer(503, **{"Retry-After": "3600"}), 0) == 60
+    assert datasets.retry_wait(answer(500, **{"Retry-After": "soon"}), 1, backoff=1) == 2  # unreadable: the back-off
+    assert all(datasets.retry_wait(answer(c), 0) is None for c in (400, 401, 403, 404, 416))
+    assert datasets.retry_wait(ConnectionResetError(), 0, backoff=1) == 1 and datasets.retry_wait(ValueError(), 0) is None
+    assert datasets.retry_wait(urllib.error.URLError(ConnectionRefusedError()), 0, backoff=1) == 1
+    assert datasets.retry_wait(urllib.error.URLError(FileNotFoundError()), 0) is None
+
+    waits, calls = [], []
+    def failing(errors):
+        def attempt():
+            calls.append(1)
+            if errors: raise errors.pop(0)
+            return "done"
+        return attempt
+    assert datasets.with_retries(failing([answer(503), answer(502)]), retries=3, backoff=1, sleep=waits.append) == "done"
+    assert waits == [1, 2] and len(calls) == 3
+    waits.clear(); calls.clear()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        datasets.with_retries(failing([answer(404), answer(503)]), retries=3, sleep=waits.append)
+    assert e.value.code == 404 and waits == [] and len(calls) == 1                         # final at once
+    waits.clear(); calls.clear()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        datasets.with_retries(failing([answer(500)] * 5), retries=2, backoff=1, sleep=waits.append)
+    assert waits == [1, 2] and len(calls) == 3                                              # the last failure is raised
 
 
 # ---------------------------------------------------------------- names that must not become paths

@@ -318,7 +318,7 @@ SMALL = {  # each twin's generator, at a size that keeps three builds quick
     "mnist_sample": lambda d, seed: vision_twins.make_mnist_sample(d, seed=seed, n_train=2, n_valid=1),
     "human_numbers": text_twins.make_human_numbers,
     "imdb_sample": lambda d, seed: text_twins.make_imdb_sample(d, seed=seed, n=50),
-    "imdb": lambda d, seed: text_twins.make_imdb(d, seed=seed, n_per_class=10, n_unsup=10),
+    "imdb": lambda d, seed: text_twins.make_imdb(d, seed=seed, n_train=10, n_test=10, n_unsup=10),
     "ml_100k": collab_twins.make_ml_100k,
     "adult_sample": tabular_twins.make_adult_sample,
     "bulldozers": lambda d, seed: tabular_twins.make_bulldozers(d, seed=seed, n=300, n_test=30),

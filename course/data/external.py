@@ -34,7 +34,8 @@ __all__ = ['DATASETS', 'MIN_SPEED', 'SPEED_WINDOW', 'RETRY_WAIT', 'MAX_DOWNLOAD'
            'MIN_EXTRACT_FILES', 'BYTES_PER_ENTRY', 'STALE_UNPACKING', 'URLs', 'Dataset', 'dataset_info', 'url_of',
            'data_mirror', 'mirrored_url', 'DownloadError', 'ChecksumError', 'UnsafeArchiveError', 'DamagedArchiveError',
            'UnsafeNameError', 'KaggleCredentialsError', 'md5_head', 'sha256_file', 'recorded_checksum',
-           'record_checksum', 'download_url', 'extract_archive', 'kaggle_credentials', 'untar_data']
+           'record_checksum', 'retry_wait', 'with_retries', 'download_url', 'extract_archive', 'kaggle_credentials',
+           'untar_data']
 
 # %% ../../nbs/lib/03_datasets.ipynb #c0005
 class URLs:
@@ -251,7 +252,7 @@ def record_checksum(url: str, path: Path) -> dict:
 # %% ../../nbs/lib/03_datasets.ipynb #c0022
 MIN_SPEED = 2048       # bytes/s: a download slower than this over a whole SPEED_WINDOW is stopped (what arrived is kept)
 SPEED_WINDOW = 30      # seconds
-RETRY_WAIT = 0.5       # seconds before the first retry; each further retry waits that much longer
+RETRY_WAIT = 0.5       # seconds before the first retry; each further retry waits twice as long
 MAX_DOWNLOAD = 2**36   # bytes (64 GiB): the most a download may bring when nobody published its size
 
 
@@ -401,12 +402,29 @@ def _verify(part: Path, url: str, size: int | None, md5: str | None, sha256: str
         raise _checksum_error(url, problem, recorded=bool(sha256))
 
 
-def _retryable(e: BaseException) -> bool:
-    "Whether a failed attempt may succeed when tried again (a busy server, a broken or timed-out connection)."
-    if isinstance(e, urllib.error.HTTPError): return e.code in (408, 429, 500, 502, 503, 504)
-    if isinstance(e, urllib.error.URLError): return isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionResetError))
-    if isinstance(e, http.client.InvalidURL): return False
-    return isinstance(e, (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, _Truncated))
+def retry_wait(e: BaseException, attempt: int, backoff: float = RETRY_WAIT) -> float | None:
+    "The course's retry policy, for downloads and searches: seconds to wait before trying again after try `attempt` (0: the first) failed with `e`, or None when another try cannot help."
+    if isinstance(e, urllib.error.HTTPError):
+        if e.code not in (408, 429) and e.code < 500: return None  # other 4xx: asking again gets the same answer
+        value = (e.headers.get("Retry-After") or "").strip() if e.headers else ""
+        try: return min(60.0, max(0.0, float(value)))            # the server says how long (obeyed up to a minute)
+        except ValueError: pass
+    elif isinstance(e, urllib.error.URLError):
+        if not isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionError)): return None  # e.g. an unknown host
+    elif isinstance(e, http.client.InvalidURL) or not isinstance(
+            e, (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, _Truncated)): return None
+    return backoff * 2 ** attempt  # exponential back-off: a struggling server gets more room each time
+
+
+def with_retries(attempt, retries: int = 3, backoff: float = RETRY_WAIT, sleep=None):
+    "`attempt()`, called again (at most `retries` more times) after each failure that `retry_wait` says may pass, waiting as it says; the last failure is raised."
+    sleep = time.sleep if sleep is None else sleep
+    for n in range(retries + 1):
+        try: return attempt()
+        except Exception as e:
+            wait = retry_wait(e, n, backoff)
+            if wait is None or n == retries: raise
+        sleep(wait)
 
 
 def _too_slow(url: str, dest: Path, watch: _Watch) -> DownloadError:
@@ -438,20 +456,21 @@ def download_url(url: str, dest: Path, size: int | None = None, md5: str | None 
     if size is not None:  # refuse early rather than fill the disk
         have = part.stat().st_size if part.exists() else 0
         if shutil.disk_usage(dest.parent).free < size - have + 2**20: raise _disk_full(dest, size)
+    failures = (OSError, http.client.HTTPException, ValueError, _Truncated)
+
+    def attempt():
+        try: _fetch(url, part, size, timeout, progress, headers or {}, auth, watch)
+        except failures as e:
+            if watch.tripped: raise _too_slow(url, dest, watch) from None  # a DownloadError: never retried
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                part.unlink(missing_ok=True)
+                raise _disk_full(dest, size) from None
+            raise
+        if watch.tripped: raise _too_slow(url, dest, watch)
+
     with _Watch() as watch, _dropped_if_empty(part):
-        for attempt in range(retries + 1):
-            try: _fetch(url, part, size, timeout, progress, headers or {}, auth, watch)
-            except (OSError, http.client.HTTPException, ValueError, _Truncated) as e:
-                if watch.tripped: raise _too_slow(url, dest, watch) from None
-                if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                    part.unlink(missing_ok=True)
-                    raise _disk_full(dest, size) from None
-                if attempt < retries and _retryable(e):
-                    time.sleep(RETRY_WAIT * (attempt + 1))
-                    continue
-                raise _explain(e, url, dest, timeout) from None
-            if watch.tripped: raise _too_slow(url, dest, watch)
-            break
+        try: with_retries(attempt, retries, RETRY_WAIT)
+        except failures as e: raise _explain(e, url, dest, timeout) from None
     _verify(part, url, size, md5, sha256)
     os.replace(part, dest)
     return dest

@@ -13,6 +13,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..config import default_device
+from ..data.block import RandomSplitter
 from ..data.core import Categorize, DataLoaders, TfmdDL, Transform
 from .core import PAD, SPECIAL_TOKENS, UNK, WordTokenizer, tokenize_files, tokenize_texts
 
@@ -62,7 +63,7 @@ class LMLoader:
     "Language-model batches: all documents joined in one stream, cut into `bs` rows, read `seq_len` tokens at a time; y is x one token on (chapter 10)."
     def __init__(self, docs, bs: int = 64, seq_len: int = 72, shuffle: bool = False, device=None, seed=None):
         self.docs = [torch.as_tensor(d, dtype=torch.long) for d in docs]
-        self._arrays = [d.numpy() for d in self.docs]  # the same memory, seen by NumPy, whose concatenate is faster
+        self._arrays = [d.numpy() for d in self.docs]  # the same memory, seen by NumPy
         self.bs, self.seq_len, self.shuffle = bs, seq_len, shuffle
         self.n_tokens = sum(len(d) for d in self.docs)
         self.row_len = (self.n_tokens - 1) // bs  # tokens per row; the last few (fewer than bs) are left out
@@ -70,14 +71,17 @@ class LMLoader:
             raise ValueError(f"{self.n_tokens} tokens cannot fill {bs} rows: use a smaller batch size or more text.")
         self.device = torch.device(device) if device is not None else None
         self.gen = torch.Generator().manual_seed(seed) if seed is not None else None  # None: torch's global generator
+        self._fixed = None  # without shuffling, the stream is the same every epoch: joined once, kept
 
     def __len__(self): return -(-self.row_len // self.seq_len)
 
     def stream(self) -> torch.Tensor:
         "This epoch's stream: the documents, in a new random order when shuffling, joined end to end."
-        order = torch.randperm(len(self.docs), generator=self.gen).tolist() if self.shuffle else range(len(self.docs))
-        # One copy of the corpus per epoch; NumPy joins many small arrays about twice as fast as torch.cat.
-        return torch.from_numpy(np.concatenate([self._arrays[i] for i in order]))
+        if not self.shuffle:
+            if self._fixed is None: self._fixed = torch.from_numpy(np.concatenate(self._arrays))
+            return self._fixed
+        order = torch.randperm(len(self.docs), generator=self.gen).tolist()
+        return torch.from_numpy(np.concatenate([self._arrays[i] for i in order]))  # one copy of the corpus per epoch
 
     def __iter__(self):
         s = self.stream()
@@ -88,13 +92,6 @@ class LMLoader:
             yield xs[:, i:i + self.seq_len], ys[:, i:i + self.seq_len]  # (bs, seq_len): row r goes on from the last batch's row r
 
 # %% ../../nbs/10_nlp.ipynb #c0092
-def _split(n: int, valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
-    "Indices 0..n-1 split at random into training and validation (`valid_pct` of them), the same for the same seed."
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    cut = int(round(valid_pct * n))
-    return sorted(perm[cut:]), sorted(perm[:cut])
-
-
 class TextDataLoaders(DataLoaders):
     "Training and validation loaders for a language model or a text classifier, with the tokenizer and vocabulary that made them (chapter 10)."
     def __init__(self, train, valid, vocab, tok=None, is_lm=False, classes=None, bs=64, seq_len=72, device=None):
@@ -143,7 +140,7 @@ class TextDataLoaders(DataLoaders):
             files = sorted(f for r in roots for f in r.rglob("*.txt"))
             if not files: raise FileNotFoundError(f"No .txt files under {', '.join(map(str, roots))}.")
             toks = tokenize_files(files, tok, cache_dir=cache_dir, n_workers=n_workers)
-            t_idx, v_idx = _split(len(files), valid_pct, seed)
+            t_idx, v_idx = RandomSplitter(valid_pct, seed)(files)
             return cls.from_tokens([toks[i] for i in t_idx], [toks[i] for i in v_idx], is_lm=True, vocab=vocab, bs=bs,
                                    seq_len=seq_len, min_freq=min_freq, max_vocab=max_vocab, tok=tok, device=device, seed=seed)
         if classes is None:
@@ -167,7 +164,7 @@ class TextDataLoaders(DataLoaders):
         if valid_col is not None and valid_col in df.columns:
             is_valid = df[valid_col].astype(bool).tolist()
             t_idx = [i for i, v in enumerate(is_valid) if not v]; v_idx = [i for i, v in enumerate(is_valid) if v]
-        else: t_idx, v_idx = _split(len(df), valid_pct, seed)
+        else: t_idx, v_idx = RandomSplitter(valid_pct, seed)(range(len(df)))
         pick = lambda xs, idx: [xs[i] for i in idx]
         labels = None if is_lm else df[label_col].tolist()
         return cls.from_tokens(pick(toks, t_idx), pick(toks, v_idx), None if is_lm else pick(labels, t_idx),

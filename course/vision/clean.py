@@ -9,24 +9,22 @@ import io
 import os
 from pathlib import Path
 
-import torch.nn.functional as F
-
 from ..data.core import Datasets
+from ..interpret import ClassificationInterpretation
 from .core import load_image
 
 # %% auto #0
-__all__ = ['split_losses', 'apply_cleaning', 'ImageCleaner', 'choose', 'plan', 'confirm_step', 'apply']
+__all__ = ['split_losses', 'apply_cleaning', 'ImageCleaner']
 
 # %% ../../nbs/02_production.ipynb #c0048
 def split_losses(learn, split="train"):
     "(file, label, prediction, loss) for every image of `split` ('train' or 'valid'), highest loss first, under the validation transforms (chapter 2)."
     ds = (learn.dls.train if split == "train" else learn.dls.valid).dataset
     plain = Datasets(tls=[tl.new(ds.items) for tl in ds.tls], n_inp=ds.n_inp)  # no augmentation, labels kept
-    raw, targs = learn.get_preds(learn.dls.valid.new(plain), act=False)
-    losses = F.cross_entropy(raw.float(), targs, reduction="none")
-    vocab = list(learn.dls.vocab)
-    rows = [(Path(f), vocab[t], vocab[p], float(l)) for f, t, p, l in zip(ds.items, targs.tolist(), raw.argmax(1).tolist(), losses)]
-    return sorted(rows, key=lambda r: -r[3])
+    interp = ClassificationInterpretation.from_learner(learn, learn.dls.valid.new(plain))
+    losses, idxs = interp.top_losses(len(ds.items))               # all of them, highest first
+    targs, preds, vocab = interp.targs.tolist(), interp.preds.tolist(), interp.vocab
+    return [(Path(ds.items[i]), vocab[targs[i]], vocab[preds[i]], l) for l, i in zip(losses.tolist(), idxs.tolist())]
 
 # %% ../../nbs/02_production.ipynb #c0050
 def apply_cleaning(plan, root):
@@ -107,19 +105,19 @@ def _show(self):
 def _label(self, action): return "keep" if action is None else action if action == "delete" else f"move to {action}"
 
 
-def choose(self, file, label):
+def _choose(self, file, label):
     "Record the choice `label` ('keep', 'delete' or 'move to <class>') for `file` (chapter 2)."
     action = label.removeprefix("move to ")
     if action == "keep": self.choices.pop(file, None)
     else: self.choices[file] = action
 
 
-def plan(self):
+def _plan(self):
     "The changes chosen so far, as (file, action) pairs (chapter 2)."
     return sorted(self.choices.items())
 
 
-def confirm_step(self):
+def _confirm_step(self):
     "Show the plan, and a button that applies it: the second, deliberate click (chapter 2)."
     import ipywidgets as W
     self.out.clear_output()
@@ -132,7 +130,7 @@ def confirm_step(self):
         display(go)
 
 
-def apply(self, confirm=False):
+def _apply(self, confirm=False):
     "Carry out the plan when `confirm` is True (then forget it); without it, only say what would change (chapter 2)."
     if not confirm:
         print(f"{len(self.choices)} changes chosen; nothing changed yet. Call apply(confirm=True) to carry them out.")
@@ -146,5 +144,5 @@ def apply(self, confirm=False):
     return done
 
 
-ImageCleaner.show, ImageCleaner._label, ImageCleaner.choose = _show, _label, choose
-ImageCleaner.plan, ImageCleaner.confirm_step, ImageCleaner.apply = plan, confirm_step, apply
+ImageCleaner.show, ImageCleaner._label, ImageCleaner.choose = _show, _label, _choose
+ImageCleaner.plan, ImageCleaner.confirm_step, ImageCleaner.apply = _plan, _confirm_step, _apply

@@ -15,20 +15,34 @@ from PIL import Image
 from ..data.core import TensorImage, ToTensor
 from ..export import load_learner
 from ..utils import atomic_write
-from .augment import Normalize
+from .augment import BatchAugment, Normalize
 from .core import load_image, ResizeTo
 
 # %% auto #0
 __all__ = ['SPACE_REQUIREMENTS', 'export_classifier', 'ImageClassifier', 'upload_app', 'gradio_app', 'write_space']
 
 # %% ../../nbs/02_production.ipynb #c0060
-def export_classifier(learn, folder, size, method="squish"):
-    "Export `learn` to `folder/model.pth` (the safe format) and, beside it, `preprocess.json`: how to turn a photo into its input (chapter 2)."
+def _valid_resize(dls):
+    "(size, method) that turn a photo into a validation input of `dls`: the item `ResizeTo`'s method, at the size the batch transforms leave (None, None without a `ResizeTo`)."
+    resize = next((t for t in dls.valid.after_item.tfms if isinstance(t, ResizeTo)), None)
+    if resize is None: return None, None
+    final = next((t.size for t in dls.valid.after_batch.tfms if isinstance(t, BatchAugment) and t.size is not None), None)
+    h, w = final or resize.size                          # presizing: resized large per item, brought to `final` per batch
+    return (h if h == w else [h, w]), resize.method
+
+
+def export_classifier(learn, folder, size=None, method=None):
+    "Export `learn` to `folder/model.pth` (the safe format) and, beside it, `preprocess.json`: how to turn a photo into its input, as the validation images were (`size` and `method` override) (chapter 2)."
     folder = Path(folder)
+    valid_size, valid_method = _valid_resize(learn.dls)
+    size, method = size if size is not None else valid_size, method if method is not None else valid_method
+    if size is None or method is None:
+        raise ValueError("The validation images of these DataLoaders are not resized by a ResizeTo, so the export cannot tell "
+                         "how a photo becomes an input: pass size= and method= ('crop', 'pad' or 'squish').")
+    ResizeTo(size, method)  # refuses an unknown method now, not when the app starts
     norm = next((t for t in learn.dls.valid.after_batch.tfms if isinstance(t, Normalize)), None)
     prep = {"size": size, "method": method,
             "mean": None if norm is None else norm.mean.flatten().tolist(), "std": None if norm is None else norm.std.flatten().tolist()}
-    ResizeTo(size, method)  # refuses an unknown method now, not when the app starts
     model = learn.export(folder / "model.pth")
     atomic_write(folder / "preprocess.json", json.dumps(prep, indent=1))
     return model
@@ -41,7 +55,8 @@ class ImageClassifier:
         folder = folder.parent if folder.suffix == ".pth" else folder
         self.learn = load_learner(folder / "model.pth", device="cpu")
         prep = json.loads((folder / "preprocess.json").read_text())
-        self.resize = ResizeTo(int(prep["size"]), prep["method"])
+        size = prep["size"]  # one number for a square, else [height, width]
+        self.resize = ResizeTo(tuple(map(int, size)) if isinstance(size, list) else int(size), prep["method"])
         self.normalize = Normalize(prep["mean"], prep["std"]) if prep["mean"] else None
         self.vocab = list(self.learn.vocab)
 

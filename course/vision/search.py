@@ -20,13 +20,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ..config import data_dir, is_offline
-from ..data.external import download_url, DownloadError
+from ..data.external import download_url, DownloadError, with_retries
 from ..data.twins import build_twin
 from ..utils import atomic_write, file_lock
 from .core import get_image_files, IMAGE_EXTENSIONS, verify_images
 
 # %% auto #0
-__all__ = ['ATTRIBUTION', 'ImageResult', 'SearchError', 'SearchProvider', 'get_json', 'Openverse', 'search_images', 'LoopbackImageSearch', 'default_provider', 'download_images']
+__all__ = ['ATTRIBUTION', 'ImageResult', 'SearchError', 'SearchProvider', 'Openverse', 'search_images', 'LoopbackImageSearch', 'default_provider', 'download_images']
 
 # %% ../../nbs/02_production.ipynb #c0008
 @dataclass(frozen=True)
@@ -69,36 +69,24 @@ class SearchProvider:
         self._last = self.clock()
 
 # %% ../../nbs/02_production.ipynb #c0010
-def _retry_after(e, default):
-    "Seconds a 429 or 503 answer asks us to wait (its Retry-After header, at most a minute), else `default`."
-    value = (e.headers.get("Retry-After") or "").strip() if e.headers else ""
-    try: return min(60.0, max(0.0, float(value)))
-    except ValueError: return default
-
-
-def get_json(self, url, timeout=30):
+def _get_json(self, url, timeout=30):
     "GET `url` and decode its JSON: paced to the rate limit, retried with growing waits on 429, 5xx and broken connections (chapter 2)."
-    for attempt in range(self.retries + 1):
-        wait = self.backoff * 2 ** attempt
+    def attempt():
         self._pace()
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers()), timeout=timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            if e.code != 429 and e.code < 500 or attempt == self.retries:
-                what = "too many requests (429): wait a minute" if e.code == 429 else f"HTTP {e.code} {e.reason}"
-                raise SearchError(f"The {self.name} search at {url} failed: {what}. Try again later, or ask for fewer images.") from None
-            if e.code in (429, 503): wait = _retry_after(e, wait)
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            if attempt == self.retries:
-                raise SearchError(f"The {self.name} search at {url} failed after {attempt + 1} tries ({e}). "
-                                  "Check your internet connection, then try again.") from None
-        except ValueError:
-            raise SearchError(f"The {self.name} search at {url} did not answer in JSON: has its API changed?") from None
-        self.sleep(wait)
+        with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers()), timeout=timeout) as resp:
+            return resp.read()
+    try: body = with_retries(attempt, self.retries, self.backoff, self.sleep)
+    except urllib.error.HTTPError as e:
+        what = "too many requests (429): wait a minute" if e.code == 429 else f"HTTP {e.code} {e.reason}"
+        raise SearchError(f"The {self.name} search at {url} failed: {what}. Try again later, or ask for fewer images.") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise SearchError(f"The {self.name} search at {url} failed ({e}). Check your internet connection, then try again.") from None
+    try: return json.loads(body.decode("utf-8"))
+    except ValueError:
+        raise SearchError(f"The {self.name} search at {url} did not answer in JSON: has its API changed?") from None
 
 
-SearchProvider.get_json = get_json
+SearchProvider.get_json = _get_json
 
 # %% ../../nbs/02_production.ipynb #c0012
 class Openverse(SearchProvider):

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ['TWIN_VERSION']
 
 # %% ../../../nbs/lib/04_twins.ipynb #c0003
-TWIN_VERSION = 4  # bump when a generator changes, so cached twins are rebuilt
+TWIN_VERSION = 5  # bump when a generator changes, so cached twins are rebuilt
 
 # %% ../../../nbs/lib/04_twins.ipynb #c0005
 def _rng(seed: int, name: str) -> np.random.Generator:

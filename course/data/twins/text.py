@@ -40,46 +40,69 @@ def make_human_numbers(dest: Path, seed: int = 42) -> Path:
     return root
 
 # %% ../../../nbs/lib/04_twins.ipynb #c0023
-_POS = "wonderful superb moving brilliant delightful gripping charming excellent beautiful clever memorable touching".split()
-_NEG = "dull awful boring clumsy tedious predictable lifeless terrible forgettable confusing weak painful".split()
+_POS = ("wonderful superb moving brilliant delightful gripping charming excellent beautiful clever memorable touching "
+        "splendid stunning heartfelt dazzling witty tender elegant vivid joyful masterful radiant graceful inventive "
+        "luminous stirring rousing poignant lively marvelous terrific fabulous exquisite engaging thrilling captivating "
+        "enchanting refreshing uplifting sublime magnificent riveting compelling gorgeous exciting hilarious inspired "
+        "polished flawless remarkable outstanding impressive glorious sparkling lovely wise assured nuanced playful").split()
+_NEG = ("dull awful boring clumsy tedious predictable lifeless terrible forgettable confusing weak painful bland clunky "
+        "dreary hollow messy shallow sluggish stale tiresome muddled lazy shoddy grating listless plodding vapid insipid "
+        "leaden dreadful horrible mediocre pointless pretentious sloppy tepid trite unbearable uninspired wooden annoying "
+        "bloated cheap dismal drab incoherent laughable lame lousy miserable monotonous overlong pathetic ridiculous "
+        "silly stiff stupid tiring hackneyed").split()
+_ZIPF = [1 / rank for rank in range(1, len(_POS) + 1)]
+_ZIPF = [w / sum(_ZIPF) for w in _ZIPF]  # Zipf's law: the k-th adjective is used k times less than the first
 _NOUNS = "film movie story picture drama comedy thriller documentary".split()
 _PARTS = "acting script plot soundtrack ending dialogue pacing photography direction cast".split()
 _NAMES = "Anna Bruno Chen Dara Elena Farid Grace Hugo Ines Jonas Kemal Lena Marco Nadia Omar Priya".split()
+_PLACES = "Harrow Linden Marsh Oakridge Pellston Quarry Redfield Stonebury Thornby Westmoor".split()
+_JOBS = "director actor writer composer painter architect historian singer engineer novelist".split()
 _OPENERS = ["I watched this {noun} last night.", "My friends told me to see this {noun}.", "I rented this {noun} on a whim.",
             "This {noun} came out years ago and I finally saw it.", "I went in with no expectations."]
-_GOOD = ["The {part} is {pos}.", "{name} gives a {pos} performance.", "What a {pos} {noun}!", "The {part} was not {neg} at all.",
-         "I found the {part} {pos} and the {part2} {pos2}.", "It is one of the most {pos} films I have seen.", "I would watch it again."]
-_BAD = ["The {part} is {neg}.", "{name} gives a {neg} performance.", "What a {neg} {noun}.", "The {part} was not {pos} at all.",
-        "I found the {part} {neg} and the {part2} {neg2}.", "It is one of the most {neg} films I have seen.", "I want my two hours back."]
+_OPINIONS = ["The {part} is {adj}.", "{name} gives a {adj} performance.", "What a {adj} {noun}!", "The {part} was not {opp} at all.",
+             "I found the {part} {adj} and the {part2} {adj2}.", "It is one of the most {adj} films I have seen.",
+             "The {part} felt {adj} to me.", "Overall the {noun} is {adj}."]  # the same words for praise and blame: only the adjectives tell
+_PLOT = ["The {noun} follows a {job} who moves to {place}.", "{name} plays the lead.", "It runs about {n}0 minutes.",
+         "The story is set in {place}.", "{name} and {name2} share most of the scenes.", "I saw it with {name}."]
 _CLOSERS = {10: "A masterpiece, {score} out of 10.", 9: "Highly recommended.", 8: "Well worth your time.", 7: "Good, if not perfect.",
             4: "Not quite worth it.", 3: "Skip this one.", 2: "Avoid it.", 1: "The worst thing I have seen, {score} out of 10."}
 
 
-def _review(rng, rating: int) -> str:
-    "One review whose tone follows `rating` (1-4 negative, 7-10 positive); unlabelled reviews pass rating 0."
-    positive = rating >= 7 if rating else rng.random() < 0.5
-    strength = {10: 0.95, 9: 0.9, 8: 0.85, 7: 0.75, 4: 0.75, 3: 0.85, 2: 0.9, 1: 0.95}.get(rating, 0.8)
+def _adjective(rng, words) -> str:
+    "One of `words` (60 adjectives of one tone), the first ones far more often than the last, as real words are used."
+    return words[int(rng.choice(len(words), p=_ZIPF))]
+
+
+def _opinion(rng, good: bool) -> str:
+    "A sentence of praise (`good`) or of blame, in the words reviewers use."
     pick = lambda xs: xs[int(rng.integers(len(xs)))]
-    slots = lambda: dict(noun=pick(_NOUNS), part=pick(_PARTS), part2=pick(_PARTS), name=pick(_NAMES), pos=pick(_POS),
-                         pos2=pick(_POS), neg=pick(_NEG), neg2=pick(_NEG), score=rating)
-    sentences = [pick(_OPENERS).format(**slots())]
-    for _ in range(int(rng.integers(3, 8))):
-        on_tone = rng.random() < strength  # some sentences go against the overall verdict
-        sentences.append(pick(_GOOD if on_tone == positive else _BAD).format(**slots()))
-    if rating: sentences.append(_CLOSERS[rating].format(score=rating))
+    same, other = (_POS, _NEG) if good else (_NEG, _POS)
+    return pick(_OPINIONS).format(part=pick(_PARTS), part2=pick(_PARTS), name=pick(_NAMES), noun=pick(_NOUNS),
+                                  adj=_adjective(rng, same), adj2=_adjective(rng, same), opp=_adjective(rng, other))
+
+
+def _review(rng, rating: int) -> str:
+    "One review: an opener, 4-7 opinions (each of the review's tone with probability 0.95) among 1-2 sentences about the plot, sometimes a verdict; unlabelled reviews pass rating 0."
+    positive = rating >= 7 if rating else rng.random() < 0.5
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]
+    body = [_opinion(rng, (rng.random() < 0.95) == positive) for _ in range(int(rng.integers(4, 8)))]
+    body += [pick(_PLOT).format(noun=pick(_NOUNS), job=pick(_JOBS), place=pick(_PLACES), name=pick(_NAMES), name2=pick(_NAMES),
+                                n=int(rng.integers(8, 16))) for _ in range(int(rng.integers(1, 3)))]
+    sentences = [pick(_OPENERS).format(noun=pick(_NOUNS))] + [body[i] for i in rng.permutation(len(body))]
+    if rating and rng.random() < 0.15: sentences.append(_CLOSERS[rating].format(score=rating))
     text = " ".join(sentences)
     return text.replace(". ", ". <br /><br />", 1) if rng.random() < 0.3 else text
 
 
-def make_imdb(dest: Path, seed: int = 42, n_per_class: int = 300, n_unsup: int = 600) -> Path:
-    "Twin of IMDb: `{train,test}/{pos,neg}/<id>_<rating>.txt`, `unsup/<id>_0.txt` and `imdb.vocab` (chapters 1, 10)."
+def make_imdb(dest: Path, seed: int = 42, n_train: int = 100, n_test: int = 300, n_unsup: int = 600) -> Path:
+    "Twin of IMDb: `{train,test}/{pos,neg}/<id>_<rating>.txt` (`n_train`, `n_test` a class), `unsup/<id>_0.txt` and `imdb.vocab` (chapters 1, 10)."
     rng = _rng(seed, "imdb")
     root = Path(dest) / "imdb"
     words = Counter()
-    for split in ("train", "test"):
+    for split, n in (("train", n_train), ("test", n_test)):
         for label, ratings in (("pos", (7, 8, 9, 10)), ("neg", (1, 2, 3, 4))):
             (root / split / label).mkdir(parents=True, exist_ok=True)
-            for i in range(n_per_class):
+            for i in range(n):
                 rating = int(rng.choice(ratings))
                 text = _review(rng, rating)
                 words.update(text.lower().replace("<br />", " ").split())
@@ -88,7 +111,7 @@ def make_imdb(dest: Path, seed: int = 42, n_per_class: int = 300, n_unsup: int =
     for i in range(n_unsup): (root / "unsup" / f"{i}_0.txt").write_text(_review(rng, 0), encoding="utf-8")
     (root / "imdb.vocab").write_text("\n".join(w for w, _ in words.most_common()) + "\n", encoding="utf-8")
     (root / "README").write_text("Offline twin of the Large Movie Review Dataset (IMDb), made by course.data.twins: "
-                                 "templated reviews, same layout and file naming as the real one.\n")
+                                 "templated reviews, same layout and file naming as the real one, far fewer labelled reviews.\n")
     return root
 
 
@@ -104,46 +127,63 @@ def make_imdb_sample(dest: Path, seed: int = 42, n: int = 500) -> Path:
     return root
 
 # %% ../../../nbs/lib/04_twins.ipynb #c0023x
-_PLACES = "Harrow Linden Marsh Oakridge Pellston Quarry Redfield Stonebury Thornby Westmoor".split()
-_JOBS = "director actor writer composer painter architect historian singer engineer novelist".split()
 _THINGS = ["bridge", "library", "theatre", "railway station", "museum", "market", "harbour", "observatory"]
 _MONTHS = "January February March April May June July August September October November December".split()
 _GENRES = "drama comedy thriller documentary western musical".split()
 _WIKI = {
     "film": ["{title} is a {year} {genre} film directed by {name} .", "The film stars {name} and {name2} .",
              "It was shot in {place} over {n} weeks .", "The {part} was written by {name} .",
-             "Critics described the {part} as {pos} , though some found the {part2} {neg} .",
              "The film was released in {month} {year} and earned {n} million dollars .",
-             "A sequel was announced in {year2} but was never made .", "Reviewers called the ending {pos} ."],
+             "A sequel was announced in {year2} but was never made ."],
     "person": ["{name} ( born {day} {month} {year} ) is a {job} from {place} .", "{name} studied in {place} before moving abroad .",
-               "In {year2} , {name} won an award for a {pos} {genre} .", "Some critics found the later work {neg} .",
-               "{name} has written {n} books about the {thing} of {place} .", "The {job} lives in {place} ."],
+               "In {year2} , {name} won an award for a {genre} .", "{name} has written {n} books about the {thing} of {place} .",
+               "The {job} lives in {place} ."],
     "place": ["{place} is a town with a population of {big} .", "The {thing} of {place} was built in {year} .",
-              "The town is known for its {thing} and its {thing2} .", "In {year2} the {thing} was closed for {n} years .",
-              "Visitors describe the {thing} as {pos} .", "The old {thing2} was {neg} and was rebuilt in {year2} ."],
+              "The town is known for its {thing} and its {thing2} .", "In {year2} the {thing} was closed for {n} years ."],
 }
+# What critics and visitors said: words of praise or blame around the adjective, or neutral words that leave it to the adjective.
+_PRAISE = {"film": ["Critics praised the {part} as {adj} .", "The {part} won praise as {adj} .", "{name} admired the {adj} {part} .",
+                    "Fans loved the {adj} {part} and the {adj2} {part2} ."],
+           "place": ["Visitors praised the {thing} as {adj} .", "{name} admired the {adj} {thing} .", "Guides love the {adj} {thing} ."]}
+_BLAME = {"film": ["Critics faulted the {part} as {adj} .", "The {part} drew complaints as {adj} .", "{name} disliked the {adj} {part} .",
+                   "Fans hated the {adj} {part} and the {adj2} {part2} ."],
+          "place": ["Visitors faulted the {thing} as {adj} .", "{name} disliked the {adj} {thing} .", "Guides warn of the {adj} {thing} ."]}
+_SAID = {"film": ["{name} called the work {adj} .", "The {part} was widely seen as {adj} .", "Reviewers found the {part} {adj} and the {part2} {adj2} .",
+                  "Audiences described it as {adj} ."],
+         "place": ["{name} called the {thing} {adj} .", "The {thing} is widely seen as {adj} .", "Visitors describe the {thing} as {adj} ."]}
 
 
 def _wiki_article(rng) -> list[str]:
-    "One article of the WikiText twin: a title line and a few paragraphs, tokens separated by spaces as WikiText writes them."
+    "One article of the WikiText twin: a title line, a few paragraphs and a reception section of mostly one tone, tokens separated by spaces as WikiText writes them."
     pick = lambda xs: xs[int(rng.integers(len(xs)))]
     kind = pick(sorted(_WIKI))
     year = int(rng.integers(1900, 2020))
     slots = lambda: dict(name=pick(_NAMES), name2=pick(_NAMES), place=pick(_PLACES), job=pick(_JOBS), genre=pick(_GENRES),
-                         part=pick(_PARTS), part2=pick(_PARTS), thing=pick(_THINGS), thing2=pick(_THINGS), pos=pick(_POS),
-                         neg=pick(_NEG), month=pick(_MONTHS), day=int(rng.integers(1, 29)), year=year,
-                         year2=year + int(rng.integers(1, 30)), n=int(rng.integers(2, 40)),
-                         big=f"{int(rng.integers(1, 90))} @,@ {int(rng.integers(100, 999))}", title=pick(_PLACES) + " " + pick(_NOUNS).title(),
-                         noun=pick(_NOUNS), pos2=pick(_POS), neg2=pick(_NEG), score=0)
+                         part=pick(_PARTS), part2=pick(_PARTS), thing=pick(_THINGS), thing2=pick(_THINGS),
+                         month=pick(_MONTHS), day=int(rng.integers(1, 29)), year=year, year2=year + int(rng.integers(1, 30)),
+                         n=int(rng.integers(2, 40)), big=f"{int(rng.integers(1, 90))} @,@ {int(rng.integers(100, 999))}",
+                         title=pick(_PLACES) + " " + pick(_NOUNS).title())
     title = {"film": slots()["title"], "person": pick(_NAMES) + " " + pick(_PLACES), "place": pick(_PLACES)}[kind]
     lines = [f" = {title} = ", ""]
     for _ in range(int(rng.integers(1, 4))):
         sentences = [pick(_WIKI[kind]).format(**slots()) for _ in range(int(rng.integers(3, 7)))]
         lines += [" " + " ".join(sentences) + " ", ""]
-    if kind == "film":  # a reception section: what critics wrote, in the sentences reviewers use, mostly of one tone
-        positive = rng.random() < 0.5
-        said = [pick(_GOOD if (rng.random() < 0.8) == positive else _BAD).format(**slots()) for _ in range(int(rng.integers(3, 7)))]
-        lines += [" = = Reception = = ", "", " " + " ".join(s.replace(".", " .").replace("!", " !") for s in said) + " ", ""]
+    # Reception: two paragraphs of 5-9 sentences, each sentence of its paragraph's tone with probability 0.95; every adjective
+    # of either tone turns up here, equally often, so a model trained on these articles learns which words praise and which blame.
+    about = "place" if kind == "place" else "film"
+    lines += [" = = Reception = = " if about == "film" else " = = Tourism = = ", ""]
+    for _ in range(2):
+        positive, said = rng.random() < 0.5, []
+        for _ in range(int(rng.integers(5, 10))):
+            good = (rng.random() < 0.95) == positive
+            words = _POS if good else _NEG
+            said.append(pick(_SAID[about] + (_PRAISE if good else _BLAME)[about]).format(**slots(), adj=pick(words), adj2=pick(words)))
+        lines += [" " + " ".join(said) + " ", ""]
+    if kind != "place":  # reviews quoted at length, as articles on films and film-makers quote their critics
+        for _ in range(int(rng.integers(1, 3))):
+            quoted = _review(rng, 0).replace("<br /><br />", "")
+            for mark in ".!,?": quoted = quoted.replace(mark, " " + mark)
+            lines += [f" {pick(_NAMES)} wrote : {quoted} ", ""]
     return lines
 
 
