@@ -58,7 +58,7 @@ def test_names_stay_in_the_folder(data):
 
 _WORKER = """
 import sys, time, torch
-from course.vision.weights import cached_state
+from course.pretrained import cached_state
 def train():
     with open(sys.argv[1], "a") as f: f.write("trained\\n")
     time.sleep(1.5)  # long enough for the other process to arrive while this one trains

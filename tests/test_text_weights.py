@@ -16,7 +16,7 @@ from course.data import external as datasets
 from course.data.external import URLs
 from course.text import weights
 from course.text.models import LanguageModel
-from course.vision.weights import WeightsError
+from course.pretrained import WeightsError
 
 from test_downloads import Server, env, server  # noqa: F401  (fixtures: loopback server, fresh data folder, online)
 

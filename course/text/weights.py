@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import is_offline
 from ..data.external import URLs, untar_data
 from ..utils import atomic_write
-from ..vision.weights import WeightsError, cached_state, standin_file
+from ..pretrained import WeightsError, cached_state, standin_file
 
 # %% auto #0
 __all__ = ['WT103_FILES', 'WT103_SIZES', 'STANDIN_LM_VERSION', 'STANDIN_LM_SIZES', 'STANDIN_LM_EPOCHS', 'read_vocab',

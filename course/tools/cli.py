@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "quickstart":
             from course.data.external import DownloadError
             from course.tools.quickstart import quickstart
-            from course.vision.weights import WeightsError
+            from course.pretrained import WeightsError
             try: quickstart(arch=args.arch, epochs=args.epochs)
             except (DownloadError, WeightsError) as e: raise CourseError(str(e)) from None
             return 0

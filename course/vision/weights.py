@@ -6,27 +6,21 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import re
 import time
 import urllib.parse
 from pathlib import Path
 
-from ..config import data_dir, is_offline
+from ..config import is_offline
 from ..data.external import download_url, DownloadError, mirrored_url
-from ..utils import atomic_write, file_lock
+from ..pretrained import WeightsError, cached_state, standin_file
 
 # %% auto #0
-__all__ = ['SHAPES', 'TEXTURES', 'STANDIN_VERSION', 'STANDIN_STEPS', 'WeightsError', 'weights_enum', 'weights_file',
-           'standin_file', 'cached_state', 'shape_classes', 'shapes_batch', 'pretrain_standin', 'standin_state',
-           'pretrained_model']
+__all__ = ['SHAPES', 'TEXTURES', 'STANDIN_VERSION', 'STANDIN_STEPS', 'weights_enum', 'weights_file', 'shape_classes',
+           'shapes_batch', 'pretrain_standin', 'standin_state', 'pretrained_model']
 
 # %% ../../nbs/lib/05_weights.ipynb #c0004
-class WeightsError(RuntimeError):
-    "Pretrained weights could not be fetched; the message names the file and where to place it."
-
-
 def weights_enum(arch: str, weights: str = "DEFAULT"):
     "torchvision's weights entry for model `arch` ('resnet34') and `weights` ('DEFAULT', 'IMAGENET1K_V1') (used in chapter 1)."
     from torchvision.models import get_model_weights
@@ -70,42 +64,6 @@ def _fetch_weights(w, progress: bool, timeout: float) -> Path:
                            "which uses a random-initialised stand-in.") from None
     _check_hash(path, w.url)
     return path
-
-# %% ../../nbs/lib/05_weights.ipynb #c0012
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def standin_file(name: str, version: int) -> Path:
-    "Where the stand-in weights `name` (an architecture, say) of `version` are cached: `<data folder>/standin/<name>-v<version>.pth`."
-    if not _NAME_RE.fullmatch(name) or ".." in name:
-        raise ValueError(f"{name!r} cannot name a stand-in: use letters, digits, '_', '-' and '.'.")
-    return data_dir() / "standin" / f"{name}-v{int(version)}.pth"
-
-
-def _load_state(path: Path):
-    "The state dict saved at `path`, or None when there is none or it is damaged (then say so)."
-    import torch
-    if not path.exists(): return None
-    try: state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: nothing in the file runs
-    except Exception as e: state = e
-    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()): return state
-    print(f"The cached stand-in {path} is damaged ({type(state).__name__}); making it again.")
-    return None
-
-
-def cached_state(name: str, version: int, train) -> dict:
-    "The state dict `train()` returns, made once and cached at `standin_file(name, version)`; later calls, in any process, load it."
-    import torch
-    path = standin_file(name, version)
-    # The lock makes a second process wait for the first one's file instead of training a second time.
-    with file_lock(path.with_name(path.name + ".lock")):
-        state = _load_state(path)
-        if state is None:
-            state = train()
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            atomic_write(path, buf.getvalue())  # a crash mid-save leaves no half-written file behind
-    return state
 
 # %% ../../nbs/lib/05_weights.ipynb #c0015
 SHAPES = ("ellipse", "rectangle", "triangle", "ring", "cross", "diamond", "star", "blob")
